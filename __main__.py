@@ -1,0 +1,44 @@
+"""stock-analyzer on Docker: read and validate stack config, instantiate the components, export."""
+
+from __future__ import annotations
+
+import pulumi
+
+from components.app import App, AppArgs
+from components.credentials import Credentials, CredentialsArgs
+from components.database import Database, DatabaseArgs
+from components.network import Network, NetworkArgs
+from components.settings import SECRET_ADMIN, SECRET_APP_DB, SECRET_POSTGRES, SECRETS
+from components.stack_config import read_stack_config
+
+stack = pulumi.get_stack()
+# Fails with one message naming key, value and what is allowed, before any resource is registered.
+settings, provided_passwords = read_stack_config(stack)
+
+credentials = Credentials("credentials", CredentialsArgs(secrets=SECRETS, provided=provided_passwords))
+network = Network("network", NetworkArgs(name=settings.network_name, stack=stack))
+database = Database("database", DatabaseArgs(
+    settings=settings, network_name=network.name, passwords=credentials.passwords))
+app = App("app", AppArgs(
+    settings=settings,
+    context="app",
+    network_name=network.name,
+    passwords=credentials.passwords,
+    depends_on=[database.server, database.provision],
+    provisioned=database.provisioned,
+))
+
+urls = {spec.service: f"http://{spec.ports[0].host_ip}:{spec.ports[0].host_port}" for spec in settings.apps}
+pulumi.export("environment", settings.environment)
+pulumi.export("api_url", urls["api"])
+pulumi.export("frontend_url", urls["frontend"])
+pulumi.export("admin_url", urls["admin"])
+pulumi.export("admin_user", settings.admin_user)
+pulumi.export("network", network.name)
+pulumi.export("data_volume", database.volume_name)
+pulumi.export("app_image", app.image_ref)
+pulumi.export("containers", {"postgres": database.container_name, **app.container_names})
+# Secrets: `pulumi stack output --show-secrets admin_password` reveals them on purpose only.
+pulumi.export("postgres_password", credentials.passwords[SECRET_POSTGRES.name])
+pulumi.export("app_db_password", credentials.passwords[SECRET_APP_DB.name])
+pulumi.export("admin_password", credentials.passwords[SECRET_ADMIN.name])

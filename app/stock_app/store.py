@@ -1,0 +1,84 @@
+"""Price storage. The web handlers depend on the `PriceStore` protocol only, so they are tested
+without a database."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Protocol
+
+from stock_app.config import DbConfig
+
+
+@dataclass(frozen=True)
+class Price:
+    symbol: str
+    day: dt.date
+    close: Decimal
+
+    def to_json(self) -> dict[str, str]:
+        return {"symbol": self.symbol, "day": self.day.isoformat(), "close": str(self.close)}
+
+
+class StoreUnavailable(RuntimeError):  # noqa: N818 (reads better at call sites)
+    pass
+
+
+class PriceStore(Protocol):
+    def ping(self) -> None: ...
+    def add(self, prices: list[Price]) -> int: ...
+    def list(self, symbol: str | None, limit: int) -> list[Price]: ...
+    def counts(self) -> dict[str, int]: ...
+
+
+class PostgresStore:
+    """One short connection per request: simple, and it survives a database restart unaided."""
+
+    def __init__(self, config: DbConfig, connect_timeout_s: int = 3) -> None:
+        self.config = config
+        self.connect_timeout_s = connect_timeout_s
+
+    @contextmanager
+    def _session(self) -> Iterator[Any]:
+        import psycopg
+
+        try:
+            with psycopg.connect(
+                host=self.config.host, port=self.config.port, dbname=self.config.name, user=self.config.user,
+                password=self.config.password(), connect_timeout=self.connect_timeout_s,
+                application_name="stock-app",
+            ) as conn:
+                yield conn
+        except (psycopg.OperationalError, psycopg.InterfaceError) as err:
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else "database unavailable"
+            raise StoreUnavailable(first_line) from err
+
+    def ping(self) -> None:
+        with self._session() as conn:
+            conn.execute("SELECT 1")
+
+    def add(self, prices: list[Price]) -> int:
+        with self._session() as conn, conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO stock_prices (symbol, day, close) VALUES (%s, %s, %s) "
+                "ON CONFLICT (symbol, day) DO UPDATE SET close = EXCLUDED.close",
+                [(p.symbol, p.day, p.close) for p in prices],
+            )
+        return len(prices)
+
+    def list(self, symbol: str | None, limit: int) -> list[Price]:
+        with self._session() as conn:
+            rows = conn.execute(
+                "SELECT symbol, day, close FROM stock_prices WHERE %(s)s::text IS NULL OR symbol = %(s)s "
+                "ORDER BY day DESC, symbol LIMIT %(n)s",
+                {"s": symbol, "n": limit},
+            ).fetchall()
+        return [Price(r[0], r[1], r[2]) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        with self._session() as conn:
+            rows = conn.execute("SELECT symbol, count(*) FROM stock_prices GROUP BY symbol ORDER BY symbol").fetchall()
+        return {r[0]: int(r[1]) for r in rows}

@@ -1,0 +1,1 @@
+"""Pulumi component resources for the stock-analyzer deployment, one per concern."""

@@ -1,0 +1,101 @@
+"""Translate a `ContainerSpec` into `docker.Container` arguments: the one mapping from settings to the
+provider, shared by every component that runs a container."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pulumi
+import pulumi_docker as docker
+
+from components.settings import ContainerSpec, StackSettings
+
+# How long `pulumi up` waits for a container to report healthy before failing the update.
+WAIT_TIMEOUT_S = 120
+
+
+def _seconds(n: int) -> str:
+    return f"{n}s"
+
+
+def secret_uploads(
+    spec: ContainerSpec, passwords: Mapping[str, pulumi.Output[str]]
+) -> list[docker.ContainerUploadArgs]:
+    """Secrets as files owned by the process that reads them, never as env vars.
+
+    A secret in `envs` would mask the whole env list in every preview diff and show in `docker inspect`.
+    """
+    return [
+        docker.ContainerUploadArgs(
+            file=m.secret.path,
+            content=pulumi.Output.secret(passwords[m.secret.name]),
+            owner=str(m.owner_uid),
+            group=str(m.owner_uid),
+            permissions="0400",
+        )
+        for m in spec.secrets
+    ]
+
+
+def container_args(
+    spec: ContainerSpec,
+    settings: StackSettings,
+    *,
+    image: pulumi.Input[str],
+    network_name: pulumi.Input[str],
+    passwords: Mapping[str, pulumi.Output[str]],
+    volumes: Sequence[docker.ContainerVolumeArgs] = (),
+    labels: Mapping[str, pulumi.Input[str]] | None = None,
+) -> docker.ContainerArgs:
+    hc = spec.healthcheck
+    all_labels: dict[str, pulumi.Input[str]] = {
+        "stock-analyzer.service": spec.service,
+        "stock-analyzer.stack": settings.stack,
+        **(labels or {}),
+    }
+    one_shot = spec.restart == "no" and hc is None
+    return docker.ContainerArgs(
+        name=spec.container_name,
+        image=image,
+        entrypoints=list(spec.entrypoint) if spec.entrypoint is not None else None,
+        command=list(spec.command) if spec.command else None,
+        envs=[f"{k}={v}" for k, v in spec.env],
+        user=spec.user,
+        uploads=[
+            *secret_uploads(spec, passwords),
+            *(docker.ContainerUploadArgs(file=path, content=content, permissions="0444")
+              for path, content in spec.uploads),
+        ],
+        ports=[
+            docker.ContainerPortArgs(internal=p.container_port, external=p.host_port, ip=p.host_ip, protocol="tcp")
+            for p in spec.ports
+        ],
+        networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=network_name, aliases=list(spec.aliases))],
+        volumes=list(volumes) or None,
+        healthcheck=docker.ContainerHealthcheckArgs(
+            tests=list(hc.test),
+            interval=_seconds(hc.interval_s),
+            timeout=_seconds(hc.timeout_s),
+            retries=hc.retries,
+            start_period=_seconds(hc.start_period_s),
+            start_interval=_seconds(hc.start_interval_s),
+        ) if hc else None,
+        # Long-running services: `pulumi up` returns only once each is healthy. One-shot jobs: `pulumi up`
+        # attaches and waits for the exit instead.
+        wait=hc is not None,
+        wait_timeout=WAIT_TIMEOUT_S if hc else None,
+        must_run=not one_shot,
+        attach=one_shot or None,
+        logs=one_shot or None,
+        restart=spec.restart,
+        memory=spec.memory_mb,
+        log_driver="json-file",
+        log_opts=settings.log_opts,
+        labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(all_labels.items())],
+    )
+
+
+def replace_opts(parent: pulumi.Resource, depends_on: Sequence[pulumi.Resource] = ()) -> pulumi.ResourceOptions:
+    """Fixed container names and host ports cannot exist twice: delete the old container first, so a
+    replacement never fails on a name or port conflict."""
+    return pulumi.ResourceOptions(parent=parent, delete_before_replace=True, depends_on=list(depends_on))

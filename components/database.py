@@ -1,0 +1,82 @@
+"""Postgres: pinned image, per-stack data volume, the server container, and the provisioning job."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_docker as docker
+
+from components.containers import container_args, replace_opts
+from components.settings import PGDATA, StackSettings
+
+# Postgres needs time to checkpoint on shutdown; without this the provider kills it outright on
+# replacement, forcing crash recovery on the next start.
+STOP_GRACE_S = 60
+
+
+@dataclass
+class DatabaseArgs:
+    settings: StackSettings
+    network_name: pulumi.Input[str]
+    passwords: Mapping[str, pulumi.Output[str]]
+
+
+class Database(pulumi.ComponentResource):
+    container_name: pulumi.Output[str]
+    volume_name: pulumi.Output[str]
+    image_id: pulumi.Output[str]
+    provisioned: pulumi.Output[str]
+    server: docker.Container
+    provision: docker.Container
+
+    def __init__(self, name: str, args: DatabaseArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("stock-analyzer:database:Database", name, None, opts)
+        s = args.settings
+        image = docker.RemoteImage(
+            f"{name}-image",
+            name=s.postgres_image,
+            keep_locally=True,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        volume = docker.Volume(
+            f"{name}-data",
+            name=s.volume_name,
+            labels=[docker.VolumeLabelArgs(label="stock-analyzer.stack", value=s.stack)],
+            # retain_on_delete keeps the data if the volume resource is ever deleted by hand-edited
+            # state; protect makes `pulumi destroy` refuse in the first place.
+            opts=pulumi.ResourceOptions(parent=self, protect=s.protect_data, retain_on_delete=s.protect_data),
+        )
+        server_args = container_args(
+            s.postgres, s, image=image.image_id, network_name=args.network_name, passwords=args.passwords,
+            volumes=[docker.ContainerVolumeArgs(volume_name=volume.name, container_path=PGDATA)],
+        )
+        server_args.stop_signal = "SIGINT"  # fast shutdown: roll back open transactions, checkpoint
+        server_args.stop_timeout = STOP_GRACE_S
+        server_args.destroy_grace_seconds = STOP_GRACE_S
+        # Two servers must never share one data directory: delete before replace.
+        self.server = docker.Container(f"{name}-server", server_args, opts=replace_opts(self))
+        self.provision = docker.Container(
+            f"{name}-provision",
+            container_args(s.provision, s, image=image.image_id, network_name=args.network_name,
+                           passwords=args.passwords),
+            opts=replace_opts(self, depends_on=[self.server]),
+        )
+        self.container_name = self.server.name
+        self.volume_name = volume.name
+        self.image_id = image.image_id
+        self.provisioned = self.provision.exit_code.apply(_require_success)
+        self.register_outputs({
+            "container_name": self.container_name,
+            "volume_name": self.volume_name,
+            "image_id": self.image_id,
+            "provisioned": self.provisioned,
+        })
+
+
+def _require_success(code: int | None) -> str:
+    """Fail the update when the provisioning job failed, before any app container is touched."""
+    if code not in (0, None):
+        raise RuntimeError(f"database provisioning exited with code {code}; see `docker logs` of the job")
+    return "ok"

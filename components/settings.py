@@ -1,0 +1,500 @@
+"""Typed, validated stack settings: the one place where ports, env, healthchecks and images are decided.
+
+Both the Pulumi components and the compose export are derived from `StackSettings`, so a value
+changed in stack config changes both. Parsing is pure (a mapping of raw config strings in, a frozen
+dataclass out) so that bad input fails before any resource is registered, and so the compose CLI can
+use it without the Pulumi engine.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+PROJECT = "stock-analyzer"
+ENVIRONMENTS = ("dev", "prod")
+RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
+
+# Postgres majors whose data directory layout matches the legacy volume path
+# (/var/lib/postgresql/data); 18+ moved PGDATA, 13 and older are end of life.
+SUPPORTED_POSTGRES_MAJORS = range(14, 18)
+PGDATA = "/var/lib/postgresql/data"
+POSTGRES_PORT = 5432
+# uid of the `postgres` user in the official image (and in the test stand-in).
+POSTGRES_UID = 999
+# The app image runs as this uid; passed to the Dockerfile as a build argument.
+APP_UID = 10001
+SECRETS_DIR = "/run/secrets"
+DB_ALIAS = "postgres"
+PROVISION_MEMORY_MB = 128
+
+
+class ConfigError(ValueError):
+    """A stack config value is invalid; the message names the key, the value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class SecretSpec:
+    """A generated credential, delivered to containers only as a file."""
+
+    name: str
+    config_key: str
+    description: str
+    length: int = 32
+
+    @property
+    def path(self) -> str:
+        return f"{SECRETS_DIR}/{self.name}"
+
+
+SECRET_POSTGRES = SecretSpec("postgres_password", "postgresPassword", "database superuser password")
+SECRET_APP_DB = SecretSpec("app_db_password", "appDbPassword", "password of the app's database role")
+SECRET_ADMIN = SecretSpec("admin_password", "adminPassword", "admin UI password")
+SECRETS = (SECRET_POSTGRES, SECRET_APP_DB, SECRET_ADMIN)
+
+
+@dataclass(frozen=True)
+class Healthcheck:
+    test: tuple[str, ...]
+    interval_s: int
+    timeout_s: int
+    retries: int
+    start_period_s: int
+    start_interval_s: int
+
+
+@dataclass(frozen=True)
+class PortBinding:
+    host_ip: str
+    host_port: int
+    container_port: int
+
+
+@dataclass(frozen=True)
+class SecretMount:
+    secret: SecretSpec
+    owner_uid: int
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything about one container that both Pulumi and compose need."""
+
+    service: str
+    container_name: str
+    command: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    secrets: tuple[SecretMount, ...]
+    ports: tuple[PortBinding, ...]
+    healthcheck: Healthcheck | None
+    memory_mb: int | None
+    restart: str
+    user: str | None = None
+    aliases: tuple[str, ...] = ()
+    entrypoint: tuple[str, ...] | None = None
+    uploads: tuple[tuple[str, str], ...] = ()  # (path in container, non-secret file content)
+
+
+@dataclass(frozen=True)
+class ConfigKey:
+    name: str
+    type: str
+    description: str
+    default: str | None
+    secret: bool = False
+
+
+# Every key of the project namespace, with its default. Pulumi.yaml declares the same keys; a test
+# keeps the two in step.
+CONFIG_KEYS: tuple[ConfigKey, ...] = (
+    ConfigKey("environment", "string", "Environment profile: dev or prod (prod enforces hardening rules).", None),
+    ConfigKey("postgresImage", "string", "Pinned Postgres image (major 14-17).", "postgres:17.6-trixie"),
+    ConfigKey("pythonBaseImage", "string", "Pinned Python base image for the app build.", "python:3.13.7-slim-trixie"),
+    ConfigKey("appImageName", "string", "Repository of the locally built app image; the tag is the stack name.",
+              "stock-analyzer-app"),
+    ConfigKey("dbName", "string", "Database name.", "stock_analysis"),
+    ConfigKey("dbSuperuser", "string", "Database superuser (used only by the provisioning job).", "postgres"),
+    ConfigKey("dbAppUser", "string", "Least-privileged login role the app connects as.", "stock_app"),
+    ConfigKey("postgresHostPort", "integer", "Host port for Postgres; 0 publishes nothing (required in prod).", "0"),
+    ConfigKey("postgresHostIp", "string", "Host address for the Postgres port; loopback only.", "127.0.0.1"),
+    ConfigKey("apiHostPort", "integer", "Host port of the API (container port 5000).", "5000"),
+    ConfigKey("apiHostIp", "string", "Host address the API port binds to.", "127.0.0.1"),
+    ConfigKey("frontendHostPort", "integer", "Host port of the frontend (container port 8000).", "8000"),
+    ConfigKey("frontendHostIp", "string", "Host address the frontend port binds to.", "127.0.0.1"),
+    ConfigKey("adminHostPort", "integer", "Host port of the admin UI (container port 8001).", "8001"),
+    ConfigKey("adminHostIp", "string", "Host address the admin port binds to.", "127.0.0.1"),
+    ConfigKey("postgresMemory", "string", "Memory limit of Postgres, e.g. 512Mi or 1Gi; empty for none.", ""),
+    ConfigKey("apiMemory", "string", "Memory limit of the API container; empty for none.", ""),
+    ConfigKey("frontendMemory", "string", "Memory limit of the frontend container; empty for none.", ""),
+    ConfigKey("adminMemory", "string", "Memory limit of the admin container; empty for none.", ""),
+    ConfigKey("logMaxSize", "string", "json-file log rotation: size of one log file, e.g. 10m.", "10m"),
+    ConfigKey("logMaxFile", "integer", "json-file log rotation: files kept per container.", "3"),
+    ConfigKey("restartPolicy", "string", "Restart policy of long-running containers.", "unless-stopped"),
+    ConfigKey("protectData", "boolean", "Protect the data volume from deletion (required in prod).", "false"),
+    ConfigKey("adminUser", "string", "Admin UI user name.", "admin"),
+    *(ConfigKey(s.config_key, "string", f"Optional own {s.description}; generated when unset.", None, secret=True)
+      for s in SECRETS),
+)
+KNOWN_KEYS = {k.name: k for k in CONFIG_KEYS}
+
+_T = TypeVar("_T")
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# Docker reference grammar (distribution/reference), with a mandatory tag or digest.
+_NAME_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?/)"
+_IMAGE_REF = re.compile(
+    rf"^(?P<repo>{_DOMAIN}?{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>sha256:[a-f0-9]{64}))?$"
+)
+_REPO = re.compile(rf"^{_DOMAIN}?{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*$")
+_MEMORY = re.compile(r"^(?P<num>[0-9]+)(?P<unit>|b|k|kb|ki|kib|m|mb|mi|mib|g|gb|gi|gib)$", re.IGNORECASE)
+_LOG_SIZE = re.compile(r"^[1-9][0-9]*[kmg]$")
+_UNIT_BYTES = {"": 1, "b": 1, "k": 1024, "kb": 1024, "ki": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2,
+               "mi": 1024**2, "mib": 1024**2, "g": 1024**3, "gb": 1024**3, "gi": 1024**3, "gib": 1024**3}
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    project: str
+    stack: str
+    environment: str
+    network_name: str
+    volume_name: str
+    postgres_image: str
+    python_base_image: str
+    app_image: str
+    app_build_args: tuple[tuple[str, str], ...]
+    db_name: str
+    db_superuser: str
+    db_app_user: str
+    admin_user: str
+    protect_data: bool
+    log_max_size: str
+    log_max_file: int
+    postgres: ContainerSpec
+    provision: ContainerSpec
+    apps: tuple[ContainerSpec, ...]
+    user_secrets: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.project}-{self.stack}"
+
+    @property
+    def containers(self) -> tuple[ContainerSpec, ...]:
+        return (self.postgres, self.provision, *self.apps)
+
+    @property
+    def log_opts(self) -> dict[str, str]:
+        return {"max-file": str(self.log_max_file), "max-size": self.log_max_size}
+
+    def app(self, service: str) -> ContainerSpec:
+        return next(a for a in self.apps if a.service == service)
+
+
+def _fail(key: str, value: object, allowed: str) -> ConfigError:
+    return ConfigError(f"config key '{PROJECT}:{key}' has invalid value {value!r}: {allowed}")
+
+
+class _Reader:
+    """Typed access to raw config strings, each failure naming key, value and what is allowed."""
+
+    def __init__(self, raw: Mapping[str, str]) -> None:
+        self.raw = raw
+
+    def text(self, key: str) -> str:
+        value = self.raw.get(key)
+        if value is None:
+            default = KNOWN_KEYS[key].default
+            if default is None:
+                raise ConfigError(f"config key '{PROJECT}:{key}' is required: {KNOWN_KEYS[key].description}")
+            return default
+        return value
+
+    def parsed(self, key: str, parse: Callable[[str], _T], allowed: str) -> _T:
+        value = self.text(key)
+        try:
+            return parse(value)
+        except (ValueError, TypeError, KeyError):
+            raise _fail(key, value, allowed) from None
+
+    def integer(self, key: str, lo: int, hi: int) -> int:
+        def parse(v: str) -> int:
+            n = int(v.strip())
+            if not lo <= n <= hi:
+                raise ValueError
+            return n
+
+        return self.parsed(key, parse, f"an integer from {lo} to {hi}")
+
+    def boolean(self, key: str) -> bool:
+        table = {"true": True, "false": False}
+        return self.parsed(key, lambda v: table[v.strip().lower()], "true or false")
+
+    def choice(self, key: str, allowed: tuple[str, ...]) -> str:
+        return self.parsed(key, lambda v: v if v in allowed else _raise(), "one of " + ", ".join(allowed))
+
+    def ident(self, key: str) -> str:
+        return self.parsed(key, lambda v: v if _IDENT.match(v) else _raise(),
+                           "a lower-case SQL identifier: [a-z_][a-z0-9_]*, at most 63 characters")
+
+    def ip(self, key: str, loopback_only: bool = False) -> str:
+        def parse(v: str) -> str:
+            addr = ipaddress.ip_address(v)
+            if loopback_only and not addr.is_loopback:
+                raise ValueError
+            return str(addr)
+
+        allowed = "a loopback address such as 127.0.0.1" if loopback_only else "an IP address such as 127.0.0.1"
+        return self.parsed(key, parse, allowed)
+
+    def memory_mb(self, key: str) -> int | None:
+        def parse(v: str) -> int | None:
+            if v.strip() == "":
+                return None
+            m = _MEMORY.match(v.strip())
+            if not m:
+                raise ValueError
+            mb = int(m["num"]) * _UNIT_BYTES[m["unit"].lower()] // 1024**2
+            if mb < 6:  # Docker's own minimum is 6 MiB.
+                raise ValueError
+            return mb
+
+        return self.parsed(key, parse, "a size of at least 6Mi such as 256Mi, 512m or 1Gi, or empty for no limit")
+
+    def image(self, key: str, postgres: bool = False) -> str:
+        def parse(v: str) -> str:
+            m = _IMAGE_REF.match(v)
+            if not m or not (m["tag"] or m["digest"]) or m["tag"] == "latest":
+                raise ValueError
+            if postgres:
+                major = re.match(r"^(\d+)", m["tag"] or "")
+                if not major or int(major[1]) not in SUPPORTED_POSTGRES_MAJORS:
+                    raise ValueError
+            return v
+
+        allowed = "an image reference pinned by tag or digest (not 'latest'), e.g. name:1.2.3"
+        if postgres:
+            allowed = (f"a postgres image tagged with a supported major version "
+                       f"({SUPPORTED_POSTGRES_MAJORS.start}-{SUPPORTED_POSTGRES_MAJORS.stop - 1}), e.g. postgres:17.6")
+        return self.parsed(key, parse, allowed)
+
+
+def _raise() -> str:
+    raise ValueError
+
+
+def _check_unknown_keys(raw: Mapping[str, str]) -> None:
+    for key in sorted(raw):
+        if key not in KNOWN_KEYS:
+            close = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(
+                f"unknown config key '{PROJECT}:{key}' with value {raw[key]!r}{hint}; "
+                f"allowed keys: {', '.join(sorted(KNOWN_KEYS))}"
+            )
+
+
+def _app_healthcheck(port: int) -> Healthcheck:
+    # start_interval probes every second while starting, so the app is seen healthy within ~1 s of
+    # being ready instead of after the legacy 30 s interval.
+    return Healthcheck(
+        test=("CMD", "python", "-m", "stock_app.healthcheck", f"http://127.0.0.1:{port}/health"),
+        interval_s=10, timeout_s=3, retries=3, start_period_s=30, start_interval_s=1,
+    )
+
+
+def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJECT) -> StackSettings:
+    """Validate raw project config (keys without the namespace) and derive every container's spec.
+
+    Password keys are only checked for presence here: their values travel as Pulumi secrets and are
+    never part of the settings.
+    """
+    _check_unknown_keys(raw_config)
+    r = _Reader(raw_config)
+    environment = r.choice("environment", ENVIRONMENTS)
+    prod = environment == "prod"
+
+    db_name, superuser, app_user = r.ident("dbName"), r.ident("dbSuperuser"), r.ident("dbAppUser")
+    if app_user == superuser:
+        raise _fail("dbAppUser", app_user, f"a role other than the superuser '{superuser}'")
+    restart = r.choice("restartPolicy", RESTART_POLICIES)
+    admin_user = r.parsed("adminUser", lambda v: v if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v) else _raise(),
+                          "1-64 characters from A-Z a-z 0-9 _ . -")
+    app_repo = r.parsed("appImageName", lambda v: v if _REPO.match(v) else _raise(),
+                        "an image repository name without tag, e.g. stock-analyzer-app")
+
+    memory = {key: r.memory_mb(f"{key}Memory") for key in ("postgres", "api", "frontend", "admin")}
+    pg_host_port = r.integer("postgresHostPort", 0, 65535)
+    pg_host_ip = r.ip("postgresHostIp", loopback_only=True)
+    protect = r.boolean("protectData")
+
+    if prod:
+        if pg_host_port:
+            raise _fail("postgresHostPort", pg_host_port, "0 in prod: prod publishes no database port")
+        if not protect:
+            raise _fail("protectData", raw_config.get("protectData", "false"), "true in prod")
+        for key, mb in memory.items():
+            if mb is None:
+                raise _fail(f"{key}Memory", raw_config.get(f"{key}Memory", ""),
+                            "a memory limit such as 512Mi: prod sets one on every container")
+
+    # Host ports: one service per host port.
+    app_ports = {"api": 5000, "frontend": 8000, "admin": 8001}
+    bindings: dict[str, PortBinding] = {}
+    for svc, container_port in app_ports.items():
+        bindings[svc] = PortBinding(r.ip(f"{svc}HostIp"), r.integer(f"{svc}HostPort", 1, 65535), container_port)
+    if pg_host_port:
+        bindings["postgres"] = PortBinding(pg_host_ip, pg_host_port, POSTGRES_PORT)
+    seen: dict[int, str] = {}
+    for svc, b in bindings.items():
+        if b.host_port in seen:
+            raise _fail(f"{svc}HostPort", b.host_port,
+                        f"a host port not already used by {seen[b.host_port]} ({PROJECT}:{seen[b.host_port]}HostPort)")
+        seen[b.host_port] = svc
+
+    prefix = f"{project}-{stack}"
+    python_base_image = r.image("pythonBaseImage")
+    postgres_image = r.image("postgresImage", postgres=True)
+    db_env = (("DB_HOST", DB_ALIAS), ("DB_NAME", db_name), ("DB_PORT", str(POSTGRES_PORT)), ("DB_USER", app_user))
+    env_common = (("ENVIRONMENT", environment),)
+
+    postgres = ContainerSpec(
+        service="postgres",
+        container_name=f"{prefix}-postgres",
+        command=(),
+        env=tuple(sorted({
+            "PGDATA": PGDATA,
+            "POSTGRES_DB": db_name,
+            "POSTGRES_PASSWORD_FILE": SECRET_POSTGRES.path,
+            "POSTGRES_USER": superuser,
+        }.items())),
+        secrets=(SecretMount(SECRET_POSTGRES, POSTGRES_UID),),
+        ports=(bindings["postgres"],) if "postgres" in bindings else (),
+        # TCP to 127.0.0.1, not the socket: the temporary server run during initdb listens on the
+        # socket only, so it never counts as healthy.
+        healthcheck=Healthcheck(
+            test=("CMD", "pg_isready", "-h", "127.0.0.1", "-p", str(POSTGRES_PORT), "-U", superuser, "-d", db_name),
+            interval_s=10, timeout_s=5, retries=5, start_period_s=60, start_interval_s=1,
+        ),
+        memory_mb=memory["postgres"],
+        restart=restart,
+        aliases=(DB_ALIAS,),
+    )
+    provision = ContainerSpec(
+        service="db-provision",
+        container_name=f"{prefix}-db-provision",
+        entrypoint=("sh", "/provision/provision.sh"),
+        command=(),
+        env=tuple(sorted({
+            "APP_DB_PASSWORD_FILE": SECRET_APP_DB.path,
+            "APP_DB_USER": app_user,
+            "PGDATABASE": db_name,
+            "PGHOST": DB_ALIAS,
+            "PGPORT": str(POSTGRES_PORT),
+            "PGUSER": superuser,
+            "POSTGRES_PASSWORD_FILE": SECRET_POSTGRES.path,
+        }.items())),
+        secrets=(SecretMount(SECRET_POSTGRES, POSTGRES_UID), SecretMount(SECRET_APP_DB, POSTGRES_UID)),
+        ports=(),
+        healthcheck=None,
+        memory_mb=PROVISION_MEMORY_MB,
+        restart="no",
+        user=str(POSTGRES_UID),
+        uploads=(("/provision/provision.sh", PROVISION_SCRIPT), ("/provision/provision.sql", PROVISION_SQL)),
+    )
+    app_db_env = (*db_env, ("DB_PASSWORD_FILE", SECRET_APP_DB.path))
+    app_secret = SecretMount(SECRET_APP_DB, APP_UID)
+    apps = (
+        _app_spec(prefix, "api", app_ports["api"], (*env_common, *app_db_env), (app_secret,),
+                  bindings["api"], memory["api"], restart),
+        _app_spec(prefix, "frontend", app_ports["frontend"],
+                  (*env_common, ("API_URL", f"http://api:{app_ports['api']}")), (),
+                  bindings["frontend"], memory["frontend"], restart),
+        _app_spec(prefix, "admin", app_ports["admin"],
+                  (*env_common, *app_db_env, ("ADMIN_USER", admin_user), ("ADMIN_PASSWORD_FILE", SECRET_ADMIN.path)),
+                  (app_secret, SecretMount(SECRET_ADMIN, APP_UID)),
+                  bindings["admin"], memory["admin"], restart),
+    )
+    return StackSettings(
+        project=project,
+        stack=stack,
+        environment=environment,
+        network_name=f"{prefix}_net",
+        volume_name=f"{prefix}_postgres_data",
+        postgres_image=postgres_image,
+        python_base_image=python_base_image,
+        app_image=f"{app_repo}:{stack}",
+        app_build_args=(("APP_UID", str(APP_UID)), ("BASE_IMAGE", python_base_image)),
+        db_name=db_name,
+        db_superuser=superuser,
+        db_app_user=app_user,
+        admin_user=admin_user,
+        protect_data=protect,
+        log_max_size=r.parsed("logMaxSize", lambda v: v if _LOG_SIZE.match(v) else _raise(),
+                              "a size with unit k, m or g, e.g. 10m"),
+        log_max_file=r.integer("logMaxFile", 1, 100),
+        postgres=postgres,
+        provision=provision,
+        apps=apps,
+        user_secrets=frozenset(s.name for s in SECRETS if s.config_key in raw_config),
+    )
+
+
+def _app_spec(prefix: str, service: str, port: int, env: tuple[tuple[str, str], ...],
+              secrets: tuple[SecretMount, ...], binding: PortBinding, memory_mb: int | None,
+              restart: str) -> ContainerSpec:
+    return ContainerSpec(
+        service=service,
+        container_name=f"{prefix}-{service}",
+        command=("python", "-m", "stock_app", service, "--port", str(port)),
+        env=tuple(sorted(env)),
+        secrets=secrets,
+        ports=(binding,),
+        healthcheck=_app_healthcheck(port),
+        memory_mb=memory_mb,
+        restart=restart,
+        user=f"{APP_UID}:{APP_UID}",
+        aliases=(service,),
+    )
+
+
+# The provisioning job: idempotent, run as the superuser after Postgres is healthy and before any app
+# container starts. It owns the schema so the app role needs no DDL rights, and it (re)sets the app
+# role's password, which is what makes a password change reach an existing data volume.
+PROVISION_SCRIPT = """\
+#!/bin/sh
+set -eu
+PGPASSWORD="$(cat "$POSTGRES_PASSWORD_FILE")"
+export PGPASSWORD
+exec psql -v ON_ERROR_STOP=1 -X -q -v app_user="$APP_DB_USER" -f /provision/provision.sql
+"""
+
+PROVISION_SQL = """\
+\\set app_password `cat "$APP_DB_PASSWORD_FILE"`
+\\set app_group :app_user '_rw'
+SELECT format('CREATE ROLE %I NOLOGIN', :'app_group')
+ WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'app_group') \\gexec
+SELECT format('CREATE ROLE %I LOGIN', :'app_user')
+ WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'app_user') \\gexec
+ALTER ROLE :"app_user" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'app_password';
+GRANT :"app_group" TO :"app_user";
+REVOKE ALL ON DATABASE :"DBNAME" FROM PUBLIC;
+GRANT CONNECT ON DATABASE :"DBNAME" TO :"app_group";
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+GRANT USAGE ON SCHEMA public TO :"app_group";
+CREATE TABLE IF NOT EXISTS stock_prices (
+    id bigserial PRIMARY KEY,
+    symbol text NOT NULL CHECK (symbol ~ '^[A-Z0-9.]{1,12}$'),
+    day date NOT NULL,
+    close numeric(14, 4) NOT NULL CHECK (close >= 0),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (symbol, day)
+);
+GRANT SELECT, INSERT, UPDATE ON stock_prices TO :"app_group";
+GRANT USAGE ON SEQUENCE stock_prices_id_seq TO :"app_group";
+"""

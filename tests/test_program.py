@@ -1,0 +1,290 @@
+"""The whole program under mocks, for Pulumi.dev.yaml and Pulumi.prod.yaml exactly as committed."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Any
+
+import pytest
+
+from tests.pulumi_mocks import PROJECT, Recording, Resource, committed_config, is_secret, plain, run_program
+
+STACKS = ("dev", "prod")
+CONTAINER = "docker:index/container:Container"
+APP_PORTS = {"api": 5000, "frontend": 8000, "admin": 8001}  # the system's contract (issue #2)
+LONG_RUNNING = ("postgres", "api", "frontend", "admin")
+
+
+@pytest.fixture(scope="module", params=STACKS)
+def stack(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def rec(stack: str) -> Recording:
+    return run_program(stack)
+
+
+@pytest.fixture(scope="module")
+def cfg(stack: str) -> dict[str, str]:
+    return {k.split(":", 1)[1]: v for k, v in committed_config(stack).items()}
+
+
+def env_of(r: Resource) -> dict[str, str]:
+    return dict(e.split("=", 1) for e in plain(r.inputs["envs"]))
+
+
+def test_resource_graph(rec: Recording, stack: str) -> None:
+    names = sorted((r.type, r.name) for r in rec.resources)
+    assert names == sorted([
+        ("stock-analyzer:credentials:Credentials", "credentials"),
+        *(("random:index/randomPassword:RandomPassword", f"credentials-{n}")
+          for n in ("postgres-password", "app-db-password", "admin-password")),
+        ("stock-analyzer:network:Network", "network"),
+        ("docker:index/network:Network", "network-bridge"),
+        ("stock-analyzer:database:Database", "database"),
+        ("docker:index/remoteImage:RemoteImage", "database-image"),
+        ("docker:index/volume:Volume", "database-data"),
+        (CONTAINER, "database-server"),
+        (CONTAINER, "database-provision"),
+        ("stock-analyzer:app:App", "app"),
+        ("docker:index/image:Image", "app-image"),
+        (CONTAINER, "app-api"), (CONTAINER, "app-frontend"), (CONTAINER, "app-admin"),
+    ])
+    # Every custom resource lives under the component named by its prefix.
+    for r in rec.resources:
+        if r.custom:
+            parent = rec.by_urn(r.parent)
+            assert r.name.startswith(parent.name + "-"), (r.name, parent.name)
+            assert parent.type.startswith("stock-analyzer:")
+
+
+def test_names_are_per_stack(rec: Recording, stack: str) -> None:
+    volume = rec.named("database-data").inputs["name"]
+    network = rec.named("network-bridge").inputs["name"]
+    assert volume.endswith("postgres_data") and stack in volume
+    assert stack in network
+    for c in rec.of_type(CONTAINER):
+        assert c.inputs["name"].startswith(f"{PROJECT}-{stack}-")
+
+
+def test_images(rec: Recording, cfg: dict[str, str]) -> None:
+    remote = rec.named("database-image")
+    assert remote.inputs["name"] == cfg["postgresImage"]
+    assert cfg["postgresImage"].split(":")[1].split(".")[0] == "17"
+    assert remote.inputs["keepLocally"] is True
+    image = rec.named("app-image")
+    assert image.inputs["skipPush"] is True
+    assert image.inputs["imageName"].endswith(":" + rec.outputs["environment"]) or ":" in image.inputs["imageName"]
+    build = image.inputs["build"]
+    assert build["context"] == "app" and build["dockerfile"] == "app/Dockerfile"
+    assert build["args"]["BASE_IMAGE"] == cfg["pythonBaseImage"]
+    assert build["builderVersion"] == "BuilderBuildKit"
+    containers = rec.containers()
+    # Containers reference the built image by digest, so a rebuild rolls them.
+    for svc in APP_PORTS:
+        assert containers[svc].inputs["image"] == rec.outputs["app_image"]
+        assert containers[svc].inputs["image"].startswith("sha256:")
+        assert image.urn in containers[svc].dependencies
+    for svc in ("postgres", "db-provision"):
+        assert containers[svc].inputs["image"].startswith("sha256:")
+        assert remote.urn in containers[svc].dependencies
+
+
+def test_app_ports_and_interfaces(rec: Recording, cfg: dict[str, str]) -> None:
+    containers = rec.containers()
+    for svc, internal in APP_PORTS.items():
+        (port,) = containers[svc].inputs["ports"]
+        assert port["internal"] == internal
+        assert port["external"] == int(cfg[f"{svc}HostPort"])
+        assert port["ip"] == cfg.get(f"{svc}HostIp", "127.0.0.1")
+        assert port["protocol"] == "tcp"
+
+
+def test_nothing_on_all_interfaces_unless_configured(rec: Recording, cfg: dict[str, str]) -> None:
+    for c in rec.of_type(CONTAINER):
+        for port in c.inputs.get("ports", []):
+            ip = ipaddress.ip_address(port["ip"])
+            if not ip.is_loopback:
+                svc = c.inputs["name"].rsplit("-", 1)[1]
+                assert cfg.get(f"{svc}HostIp") == port["ip"], f"{c.name} binds {ip} without config saying so"
+
+
+def test_database_port(rec: Recording, stack: str, cfg: dict[str, str]) -> None:
+    ports = rec.containers()["postgres"].inputs.get("ports", [])
+    if stack == "prod":
+        assert ports == []
+    else:
+        assert ports == [{"internal": 5432, "external": int(cfg["postgresHostPort"]), "ip": "127.0.0.1",
+                          "protocol": "tcp"}]
+
+
+def test_healthchecks_and_wait(rec: Recording) -> None:
+    containers = rec.containers()
+    for svc in LONG_RUNNING:
+        c = containers[svc].inputs
+        hc = c["healthcheck"]
+        assert hc["tests"][0] == "CMD"
+        assert c["wait"] is True and c["waitTimeout"] > 0
+        assert hc["startInterval"] == "1s"
+        assert int(hc["interval"].rstrip("s")) < 30, "legacy 30 s interval delayed first healthy by 30 s"
+        assert c["restart"] in ("always", "unless-stopped")
+        assert c["mustRun"] is True
+    pg = containers["postgres"].inputs["healthcheck"]["tests"]
+    # TCP on 127.0.0.1 (not the socket): the init-time server does not count as healthy.
+    assert pg[:2] == ["CMD", "pg_isready"] and pg[pg.index("-h") + 1] == "127.0.0.1"
+    for svc, port in APP_PORTS.items():
+        assert containers[svc].inputs["healthcheck"]["tests"][-1] == f"http://127.0.0.1:{port}/health"
+
+
+def test_db_host_matches_network_alias(rec: Recording) -> None:
+    containers = rec.containers()
+    network = rec.named("network-bridge").inputs["name"]
+    (pg_net,) = containers["postgres"].inputs["networksAdvanced"]
+    assert pg_net["name"] == network
+    for svc in ("api", "admin"):
+        env = env_of(containers[svc])
+        assert env["DB_HOST"] in pg_net["aliases"]
+        assert env["DB_PORT"] == "5432"
+        (net,) = containers[svc].inputs["networksAdvanced"]
+        assert net["name"] == network
+    frontend_env = env_of(containers["frontend"])
+    api_alias = containers["api"].inputs["networksAdvanced"][0]["aliases"]
+    assert frontend_env["API_URL"].split("//")[1].split(":")[0] in api_alias
+
+
+def test_env_is_sorted_and_secret_free(rec: Recording) -> None:
+    for c in rec.of_type(CONTAINER):
+        envs = c.inputs["envs"]
+        assert not is_secret(envs), f"{c.name}: a secret in envs masks the whole list in previews"
+        assert envs == sorted(envs)
+        for name, value in (e.split("=", 1) for e in envs):
+            if any(w in name for w in ("PASSWORD", "SECRET", "TOKEN")):
+                assert name.endswith("_FILE") and value.startswith("/run/secrets/"), name
+
+
+def test_app_connects_as_least_privileged_role(rec: Recording, cfg: dict[str, str]) -> None:
+    containers = rec.containers()
+    superuser = env_of(containers["postgres"])["POSTGRES_USER"]
+    for svc in ("api", "admin"):
+        assert env_of(containers[svc])["DB_USER"] not in (superuser, "postgres")
+    assert "ADMIN_PASSWORD_FILE" not in env_of(containers["api"])
+
+
+def test_secret_files_match_env_and_owner(rec: Recording) -> None:
+    containers = rec.containers()
+    for svc, c in containers.items():
+        uploads = c.inputs.get("uploads")
+        env = env_of(c)
+        if uploads is None:
+            assert not any(k.endswith("PASSWORD_FILE") for k in env), svc
+            continue
+        files = {u["file"]: u for u in plain(uploads)}
+        for key, path in env.items():
+            if key.endswith("PASSWORD_FILE"):
+                assert path in files, f"{svc}: {key} points at {path}, which is not uploaded"
+                assert files[path]["permissions"] == "0400"
+                owner = files[path]["owner"]
+                expected = c.inputs.get("user", "999").split(":")[0]
+                assert owner == expected, f"{svc}: {path} owned by {owner}, process runs as {expected}"
+
+
+def test_app_processes_are_not_root(rec: Recording) -> None:
+    containers = rec.containers()
+    for svc in APP_PORTS:
+        user = containers[svc].inputs["user"]
+        assert user.split(":")[0] not in ("", "0", "root")
+
+
+def test_volume_mount_and_protection(rec: Recording, stack: str) -> None:
+    volume = rec.named("database-data")
+    (mount,) = rec.containers()["postgres"].inputs["volumes"]
+    assert mount == {"volumeName": volume.inputs["name"], "containerPath": "/var/lib/postgresql/data"}
+    assert volume.urn in rec.containers()["postgres"].dependencies
+    assert volume.protect is (stack == "prod")
+    # Apps never mount the data volume.
+    for svc in APP_PORTS:
+        assert "volumes" not in rec.containers()[svc].inputs
+
+
+def test_dependencies(rec: Recording) -> None:
+    containers = rec.containers()
+    server, provision = containers["postgres"], containers["db-provision"]
+    assert server.urn in provision.dependencies
+    for svc in APP_PORTS:
+        assert server.urn in containers[svc].dependencies
+        assert provision.urn in containers[svc].dependencies
+
+
+def test_replacement_is_safe(rec: Recording) -> None:
+    for c in rec.of_type(CONTAINER):
+        assert c.delete_before_replace, f"{c.name}: fixed name/port would conflict on create-before-delete"
+    pg = rec.containers()["postgres"].inputs
+    assert pg["stopSignal"] == "SIGINT"
+    assert pg["destroyGraceSeconds"] >= 30 and pg["stopTimeout"] >= 30
+
+
+def test_provision_job_runs_once_and_is_waited_for(rec: Recording) -> None:
+    job = rec.containers()["db-provision"].inputs
+    assert job["mustRun"] is False and job["attach"] is True and job["restart"] == "no"
+    assert job["user"] == "999"
+    files = {u["file"] for u in plain(job["uploads"])}
+    assert {"/provision/provision.sh", "/provision/provision.sql"} <= files
+
+
+def test_memory_and_log_limits(rec: Recording, stack: str, cfg: dict[str, str]) -> None:
+    for c in rec.of_type(CONTAINER):
+        assert c.inputs["logDriver"] == "json-file"
+        assert c.inputs["logOpts"] == {"max-size": cfg["logMaxSize"], "max-file": cfg["logMaxFile"]}
+        if stack == "prod":
+            assert c.inputs.get("memory", 0) > 0, f"{c.name} has no memory limit in prod"
+    if stack == "prod":
+        containers = rec.containers()
+        assert containers["postgres"].inputs["memory"] == 1024  # Pulumi.prod.yaml: 1Gi
+        assert containers["api"].inputs["memory"] == 512  # Pulumi.prod.yaml: 512Mi
+
+
+def _plaintext_hits(value: Any, needles: set[str], path: str = "") -> list[str]:
+    if is_secret(value):
+        return []
+    if isinstance(value, dict):
+        return [h for k, v in value.items() for h in _plaintext_hits(v, needles, f"{path}.{k}")]
+    if isinstance(value, list):
+        return [h for i, v in enumerate(value) for h in _plaintext_hits(v, needles, f"{path}[{i}]")]
+    if isinstance(value, str) and any(n in value for n in needles):
+        return [path]
+    return []
+
+
+def test_every_password_travels_as_secret(rec: Recording) -> None:
+    keys = ("postgres_password", "app_db_password", "admin_password")
+    for key in keys:
+        assert is_secret(rec.outputs[key]), key
+    passwords = {plain(rec.outputs[k]) for k in keys}
+    assert len(passwords) == 3 and all(len(p) >= 32 for p in passwords)
+    for r in rec.resources:
+        assert _plaintext_hits(r.inputs, passwords) == [], r.name
+    assert _plaintext_hits(rec.outputs, passwords) == []
+    for r in rec.of_type("random:index/randomPassword:RandomPassword"):
+        assert "result" in r.additional_secret_outputs
+        assert r.inputs["special"] is False and r.inputs["length"] >= 32
+    # The password values do reach the containers that need them, as secret uploads.
+    uploaded = {u["content"] for c in rec.of_type(CONTAINER) for u in plain(c.inputs.get("uploads", []))}
+    assert passwords <= uploaded
+
+
+def test_outputs(rec: Recording, cfg: dict[str, str]) -> None:
+    assert rec.outputs["api_url"] == f"http://{cfg.get('apiHostIp', '127.0.0.1')}:{cfg['apiHostPort']}"
+    assert rec.outputs["data_volume"] == rec.named("database-data").inputs["name"]
+    assert rec.outputs["network"] == rec.named("network-bridge").inputs["name"]
+
+
+def test_deterministic(stack: str) -> None:
+    def snapshot(r: Recording) -> str:
+        # Registration order is async and irrelevant to the engine; the inputs per resource are what count.
+        resources = sorted([x.type, x.name, x.inputs, x.dependencies, x.protect] for x in r.resources)
+        return json.dumps([*resources, r.outputs], sort_keys=True, default=str)
+
+    first, second = run_program(stack), run_program(stack)
+    assert snapshot(first) == snapshot(second)

@@ -1,0 +1,105 @@
+"""Bad config fails before any resource is registered, with one message naming key, value and what is
+allowed."""
+
+from __future__ import annotations
+
+import pulumi
+import pytest
+
+from components.settings import ConfigError, load_settings
+from tests.pulumi_mocks import PROJECT, committed_config, is_secret, plain, run_program
+
+
+def _with(stack: str, **changes: str) -> dict[str, str]:
+    cfg = committed_config(stack)
+    cfg.update({f"{PROJECT}:{k}": v for k, v in changes.items()})
+    return cfg
+
+
+CASES = [
+    # (stack, changes, key in message, value in message, phrase of what is allowed)
+    ("dev", {"apiHostPort": "70000"}, "apiHostPort", "70000", "from 1 to 65535"),
+    ("dev", {"adminHostPort": "0"}, "adminHostPort", "0", "from 1 to 65535"),
+    ("dev", {"frontendHostPort": "http"}, "frontendHostPort", "http", "integer"),
+    ("dev", {"adminHostPort": "5000"}, "adminHostPort", "5000", "not already used by api"),
+    ("dev", {"postgresHostPort": "8000"}, "postgresHostPort", "8000", "not already used by frontend"),
+    ("dev", {"apiHostPrt": "5001"}, "apiHostPrt", "5001", "did you mean 'apiHostPort'"),
+    ("dev", {"postgresImage": "postgres"}, "postgresImage", "postgres", "supported major"),
+    ("dev", {"postgresImage": "postgres:13.16"}, "postgresImage", "postgres:13.16", "14-17"),
+    ("dev", {"postgresImage": "postgres:18.1"}, "postgresImage", "postgres:18.1", "14-17"),
+    ("dev", {"pythonBaseImage": "python:latest"}, "pythonBaseImage", "python:latest", "pinned"),
+    ("dev", {"pythonBaseImage": "Python 3!"}, "pythonBaseImage", "Python 3!", "image reference"),
+    ("dev", {"appImageName": "app:1.0"}, "appImageName", "app:1.0", "without tag"),
+    ("dev", {"apiMemory": "lots"}, "apiMemory", "lots", "256Mi"),
+    ("dev", {"postgresMemory": "1Ti"}, "postgresMemory", "1Ti", "256Mi"),
+    ("dev", {"adminMemory": "1k"}, "adminMemory", "1k", "at least 6Mi"),
+    ("dev", {"environment": "staging"}, "environment", "staging", "one of dev, prod"),
+    ("dev", {"postgresHostIp": "0.0.0.0"}, "postgresHostIp", "0.0.0.0", "loopback"),
+    ("dev", {"apiHostIp": "localhost:1"}, "apiHostIp", "localhost:1", "IP address"),
+    ("dev", {"restartPolicy": "sometimes"}, "restartPolicy", "sometimes", "unless-stopped"),
+    ("dev", {"protectData": "yes"}, "protectData", "yes", "true or false"),
+    ("dev", {"dbName": "stock-analysis"}, "dbName", "stock-analysis", "SQL identifier"),
+    ("dev", {"dbAppUser": "postgres"}, "dbAppUser", "postgres", "other than the superuser"),
+    ("dev", {"logMaxSize": "10"}, "logMaxSize", "10", "unit k, m or g"),
+    ("dev", {"logMaxFile": "0"}, "logMaxFile", "0", "from 1 to 100"),
+    ("prod", {"postgresHostPort": "5446"}, "postgresHostPort", "5446", "prod publishes no database port"),
+    ("prod", {"protectData": "false"}, "protectData", "false", "true in prod"),
+    ("prod", {"apiMemory": ""}, "apiMemory", "''", "prod sets one on every container"),
+]
+
+
+@pytest.mark.parametrize(("stack", "changes", "key", "value", "allowed"), CASES,
+                         ids=[f"{s}-{next(iter(c))}={next(iter(c.values()))}" for s, c, *_ in CASES])
+def test_bad_value_fails_before_any_resource(stack: str, changes: dict[str, str], key: str, value: str,
+                                             allowed: str) -> None:
+    recorded = []
+    with pytest.raises(pulumi.RunError) as err:
+        recorded.append(run_program(stack, _with(stack, **changes)))
+    message = str(err.value)
+    assert f"'{PROJECT}:{key}'" in message
+    assert value in message
+    assert allowed in message
+    assert "\n" not in message
+    assert recorded == []
+
+
+def test_failure_registers_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests import pulumi_mocks
+
+    seen: list[str] = []
+    original = pulumi_mocks.RecordingMonitor.RegisterResource
+
+    def spy(self: pulumi_mocks.RecordingMonitor, request: object) -> object:
+        seen.append(request.type)  # type: ignore[attr-defined]
+        return original(self, request)
+
+    monkeypatch.setattr(pulumi_mocks.RecordingMonitor, "RegisterResource", spy)
+    with pytest.raises(pulumi.RunError):
+        run_program("dev", _with("dev", apiHostPort="99999"))
+    assert [t for t in seen if t != "pulumi:pulumi:Stack"] == []
+
+
+def test_missing_environment_is_required() -> None:
+    with pytest.raises(ConfigError, match="'stock-analyzer:environment' is required"):
+        load_settings({}, "dev")
+
+
+def test_plaintext_password_config_is_refused() -> None:
+    with pytest.raises(pulumi.RunError, match=r"postgresPassword' holds a plaintext value.*--secret"):
+        run_program("dev", _with("dev", postgresPassword="not-a-secret-value"))
+
+
+def test_user_supplied_password_replaces_generated_one_and_stays_secret() -> None:
+    own = "user-chosen-admin-credential-0123456789"
+    rec = run_program("dev", _with("dev", adminPassword=own), secret_keys=("adminPassword",))
+    names = {r.name for r in rec.of_type("random:index/randomPassword:RandomPassword")}
+    assert names == {"credentials-postgres-password", "credentials-app-db-password"}
+    assert is_secret(rec.outputs["admin_password"]) and plain(rec.outputs["admin_password"]) == own
+    admin = rec.containers()["admin"]
+    assert is_secret(admin.inputs["uploads"])
+    assert own in {u["content"] for u in plain(admin.inputs["uploads"])}
+
+
+def test_empty_password_default_means_generate() -> None:
+    rec = run_program("dev", _with("dev", adminPassword=""))
+    assert len(rec.of_type("random:index/randomPassword:RandomPassword")) == 3
