@@ -5,6 +5,7 @@ from __future__ import annotations
 import pulumi
 
 from components.app import App, AppArgs
+from components.compose import compose_text
 from components.credentials import Credentials, CredentialsArgs
 from components.database import Database, DatabaseArgs
 from components.network import Network, NetworkArgs
@@ -38,6 +39,8 @@ pulumi.export("network", network.name)
 pulumi.export("data_volume", database.volume_name)
 pulumi.export("app_image", app.image_ref)
 pulumi.export("containers", {"postgres": database.container_name, **app.container_names})
+# The same deployment as a compose file (no secret values in it): `pulumi stack output compose`.
+pulumi.export("compose", compose_text(settings))
 # Secrets: `pulumi stack output --show-secrets admin_password` reveals them on purpose only.
 pulumi.export("postgres_password", credentials.passwords[SECRET_POSTGRES.name])
 pulumi.export("app_db_password", credentials.passwords[SECRET_APP_DB.name])

@@ -11,10 +11,6 @@ import pulumi_docker as docker
 from components.containers import container_args, replace_opts
 from components.settings import PGDATA, StackSettings
 
-# Postgres needs time to checkpoint on shutdown; without this the provider kills it outright on
-# replacement, forcing crash recovery on the next start.
-STOP_GRACE_S = 60
-
 
 @dataclass
 class DatabaseArgs:
@@ -52,9 +48,6 @@ class Database(pulumi.ComponentResource):
             s.postgres, s, image=image.image_id, network_name=args.network_name, passwords=args.passwords,
             volumes=[docker.ContainerVolumeArgs(volume_name=volume.name, container_path=PGDATA)],
         )
-        server_args.stop_signal = "SIGINT"  # fast shutdown: roll back open transactions, checkpoint
-        server_args.stop_timeout = STOP_GRACE_S
-        server_args.destroy_grace_seconds = STOP_GRACE_S
         # Two servers must never share one data directory: delete before replace.
         self.server = docker.Container(f"{name}-server", server_args, opts=replace_opts(self))
         self.provision = docker.Container(

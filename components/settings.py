@@ -97,6 +97,8 @@ class ContainerSpec:
     aliases: tuple[str, ...] = ()
     entrypoint: tuple[str, ...] | None = None
     uploads: tuple[tuple[str, str], ...] = ()  # (path in container, non-secret file content)
+    stop_signal: str | None = None
+    stop_grace_s: int | None = None
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,10 @@ class StackSettings:
     @property
     def containers(self) -> tuple[ContainerSpec, ...]:
         return (self.postgres, self.provision, *self.apps)
+
+    @property
+    def postgres_mount(self) -> str:
+        return PGDATA
 
     @property
     def log_opts(self) -> dict[str, str]:
@@ -384,6 +390,10 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         memory_mb=memory["postgres"],
         restart=restart,
         aliases=(DB_ALIAS,),
+        # Fast shutdown (roll back, checkpoint) with time to finish: without a grace period the provider
+        # kills Postgres outright on replacement, forcing crash recovery on the next start.
+        stop_signal="SIGINT",
+        stop_grace_s=60,
     )
     provision = ContainerSpec(
         service="db-provision",

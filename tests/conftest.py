@@ -18,3 +18,25 @@ def _project_cwd() -> Iterator[None]:
         yield
     finally:
         os.chdir(old)
+
+
+def _docker_reachable() -> bool:
+    import shutil
+    import subprocess
+
+    if not shutil.which("docker"):
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=20, check=False).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+@pytest.fixture(scope="session")
+def docker_cli() -> str:
+    """The docker CLI, with a reachable engine. Skips without one, unless REQUIRE_DOCKER=1 (CI)."""
+    if not _docker_reachable():
+        if os.environ.get("REQUIRE_DOCKER") == "1":
+            pytest.fail("REQUIRE_DOCKER=1 but no Docker engine is reachable (../shared/docker-engine.sh start)")
+        pytest.skip("no Docker engine reachable")
+    return "docker"

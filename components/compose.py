@@ -1,0 +1,218 @@
+"""Compose export: the same model as the Pulumi program, for users without the Pulumi CLI.
+
+    python -m components.compose --stack dev --out DIR
+
+writes DIR/compose.yaml and, when missing, DIR/secrets/<name> (generated, never overwritten, never
+printed). The compose file holds no secret value: services read `*_FILE` paths of compose secrets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import stat
+import string
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.settings import SECRETS, ConfigError, ContainerSpec, Healthcheck, SecretSpec, StackSettings
+from components.stack_config import PROJECT_DIR, settings_from_file
+
+APP_CONTEXT = PROJECT_DIR / "app"
+SECRETS_SUBDIR = "secrets"
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def _duration(seconds: int) -> str:
+    return f"{seconds}s"
+
+
+def _healthcheck(hc: Healthcheck) -> dict[str, Any]:
+    return {
+        "test": list(hc.test),
+        "interval": _duration(hc.interval_s),
+        "timeout": _duration(hc.timeout_s),
+        "retries": hc.retries,
+        "start_period": _duration(hc.start_period_s),
+        "start_interval": _duration(hc.start_interval_s),
+    }
+
+
+def _config_name(path: str) -> str:
+    return path.strip("/").replace("/", "_").replace(".", "_")
+
+
+def _service(spec: ContainerSpec, s: StackSettings, image: str, build: dict[str, Any] | None,
+             depends_on: dict[str, dict[str, str]]) -> dict[str, Any]:
+    svc: dict[str, Any] = {"image": image}
+    if build:
+        svc["build"] = build
+    svc["container_name"] = spec.container_name
+    if spec.entrypoint is not None:
+        svc["entrypoint"] = list(spec.entrypoint)
+    if spec.command:
+        svc["command"] = list(spec.command)
+    if spec.user:
+        svc["user"] = spec.user
+    svc["environment"] = dict(spec.env)
+    if spec.secrets:
+        svc["secrets"] = [m.secret.name for m in spec.secrets]
+    if spec.uploads:
+        svc["configs"] = [{"source": _config_name(path), "target": path} for path, _ in spec.uploads]
+    if spec.ports:
+        svc["ports"] = [f"{p.host_ip}:{p.host_port}:{p.container_port}" for p in spec.ports]
+    svc["networks"] = {"net": {"aliases": list(spec.aliases)} if spec.aliases else {}}
+    if spec.healthcheck:
+        svc["healthcheck"] = _healthcheck(spec.healthcheck)
+    if depends_on:
+        svc["depends_on"] = depends_on
+    svc["restart"] = spec.restart
+    if spec.stop_signal:
+        svc["stop_signal"] = spec.stop_signal
+    if spec.stop_grace_s:
+        svc["stop_grace_period"] = _duration(spec.stop_grace_s)
+    if spec.memory_mb:
+        svc["mem_limit"] = f"{spec.memory_mb}m"
+    svc["logging"] = {"driver": "json-file", "options": s.log_opts}
+    labels = {"stock-analyzer.service": spec.service, "stock-analyzer.stack": s.stack}
+    svc["labels"] = labels
+    return svc
+
+
+def compose_document(s: StackSettings, app_context: Path = APP_CONTEXT,
+                     ca_bundle: Path | None = None) -> dict[str, Any]:
+    """The compose model, derived from the same settings as the Pulumi resources."""
+    healthy_db = {"postgres": {"condition": "service_healthy"}}
+    build: dict[str, Any] = {"context": str(app_context), "args": dict(s.app_build_args)}
+    if ca_bundle:
+        build["secrets"] = ["ca"]
+    services: dict[str, Any] = {
+        "postgres": _service(s.postgres, s, s.postgres_image, None, {}),
+        "db-provision": _service(s.provision, s, s.postgres_image, None, healthy_db),
+    }
+    for spec in s.apps:
+        services[spec.service] = _service(spec, s, s.app_image, build, {
+            **healthy_db, "db-provision": {"condition": "service_completed_successfully"}})
+    services["postgres"]["volumes"] = [{"type": "volume", "source": "postgres_data", "target": s.postgres_mount}]
+    used = sorted({m.secret.name for c in s.containers for m in c.secrets})
+    build_secrets = {"ca": {"file": str(ca_bundle.absolute())}} if ca_bundle else {}
+    return {
+        "name": s.prefix,
+        "services": services,
+        "networks": {"net": {"name": s.network_name, "driver": "bridge"}},
+        "volumes": {"postgres_data": {"name": s.volume_name}},
+        "secrets": {**{name: {"file": f"./{SECRETS_SUBDIR}/{name}"} for name in used}, **build_secrets},
+        # `$$` because compose interpolates `$VAR` in the file, content included.
+        "configs": {_config_name(path): {"content": content.replace("$", "$$")}
+                    for c in s.containers for path, content in c.uploads},
+    }
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    """Spell every mapping out: anchors and aliases make a generated file harder to read and diff."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def compose_text(s: StackSettings, app_context: Path = APP_CONTEXT, ca_bundle: Path | None = None) -> str:
+    header = (f"# Generated from Pulumi.{s.stack}.yaml by `python -m components.compose --stack {s.stack}`.\n"
+              "# Do not edit: change the stack config and export again. Holds no secret values.\n")
+    return header + yaml.dump(compose_document(s, app_context, ca_bundle), Dumper=_NoAliasDumper, sort_keys=False,
+                              default_flow_style=False, width=120)
+
+
+class ExportError(Exception):
+    pass
+
+
+def _check_secret_dir(directory: Path) -> None:
+    if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
+        raise ExportError(f"{directory} exists and is not a directory")
+    if directory.exists():
+        mode = stat.S_IMODE(directory.stat().st_mode)
+        if mode & 0o077:
+            raise ExportError(f"{directory} has mode {mode:04o}; allowed: 0700 (no group or other access), "
+                              f"fix with chmod 700 {directory}")
+        for spec in SECRETS:
+            f = directory / spec.name
+            if f.is_symlink() or (f.exists() and not f.is_file()):
+                raise ExportError(f"{f} exists and is not a regular file")
+            if f.exists() and f.stat().st_size == 0:
+                raise ExportError(f"{f} is empty; delete it to generate a new one")
+
+
+def _check_writable(out: Path) -> None:
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot write to {out}: {probe} is not a writable directory")
+    if (out / "compose.yaml").exists() and not os.access(out / "compose.yaml", os.W_OK):
+        raise ExportError(f"cannot write to {out / 'compose.yaml'}")
+
+
+def generate_secret(spec: SecretSpec) -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(spec.length))
+
+
+def _write_atomic(path: Path, data: str, mode: int) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def export(stack: str, out: Path, project_dir: Path = PROJECT_DIR, ca_bundle: Path | None = None) -> list[str]:
+    """Validate everything first, then write; returns the secret names that were generated."""
+    settings = settings_from_file(stack, project_dir)
+    out = out.absolute()
+    secret_dir = out / SECRETS_SUBDIR
+    _check_writable(out)
+    _check_secret_dir(secret_dir)
+    if ca_bundle is not None and not ca_bundle.is_file():
+        raise ExportError(f"--ca-bundle {ca_bundle}: not a file")
+    text = compose_text(settings, project_dir / "app", ca_bundle)
+    out.mkdir(parents=True, exist_ok=True)
+    secret_dir.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(secret_dir, 0o700)
+    created = []
+    for spec in SECRETS:
+        path = secret_dir / spec.name
+        if not path.exists():
+            # 0444 inside a 0700 directory: private on the host, yet readable by the non-root uid of each
+            # service (compose ignores uid/gid/mode of file secrets outside swarm mode; it bind-mounts them).
+            _write_atomic(path, generate_secret(spec), 0o444)
+            created.append(spec.name)
+    _write_atomic(out / "compose.yaml", text, 0o644)
+    return created
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m components.compose", description=__doc__.splitlines()[0])
+    parser.add_argument("--stack", required=True, help="stack name: reads Pulumi.STACK.yaml")
+    parser.add_argument("--out", required=True, type=Path, help="directory for compose.yaml and secrets/")
+    parser.add_argument("--ca-bundle", type=Path, default=None,
+                        help="CA bundle given to the image build as BuildKit secret 'ca' (TLS-intercepting networks)")
+    args = parser.parse_args(argv)
+    try:
+        created = export(args.stack, args.out, ca_bundle=args.ca_bundle)
+    except (ConfigError, ExportError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out / 'compose.yaml'}" + (f"; generated secrets: {', '.join(created)}" if created else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

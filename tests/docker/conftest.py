@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from components.settings import StackSettings
+from components.stack_config import settings_from_file
+from tests.docker.standins import ensure_image
+
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+@pytest.fixture(scope="session")
+def dev_settings() -> StackSettings:
+    return settings_from_file("dev")
+
+
+@pytest.fixture(scope="session")
+def base_images(docker_cli: str, dev_settings: StackSettings) -> dict[str, str]:
+    """The committed dev config's base images: pulled, or local stand-ins (said loudly in the log)."""
+    return {img: ensure_image(img) for img in (dev_settings.postgres_image, dev_settings.python_base_image)}
+
+
+def ca_bundle() -> Path | None:
+    return CA_BUNDLE if CA_BUNDLE.is_file() else None

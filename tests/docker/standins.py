@@ -1,0 +1,126 @@
+"""Base images for the Docker tests. The real ones when the registry answers; otherwise local
+stand-ins built from Debian packages (debootstrap + docker import), cached in the engine by name.
+
+Stand-ins honour the contract the stack relies on:
+- postgres: POSTGRES_USER/DB/PASSWORD and `_FILE` forms, initdb only on an empty PGDATA, `pg_isready`
+  on PATH, SIGINT shutdown, the `postgres` user at uid 999 (as in the official image).
+- python: `python3`/`python` and `python3 -m venv` (with pip) at the official image's paths.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+STANDIN_LABEL = "stock-analyzer.standin"
+
+
+def log(msg: str) -> None:
+    print(f"\n*** {msg} ***", file=sys.stderr, flush=True)
+
+
+def docker(*args: str, check: bool = True, timeout: float = 600, **kw: object) -> subprocess.CompletedProcess[str]:
+    result: subprocess.CompletedProcess[str] = subprocess.run(
+        ["docker", *args], check=check, text=True, capture_output=True, timeout=timeout, **kw)  # type: ignore[call-overload]
+    return result
+
+
+def image_exists(name: str) -> bool:
+    return docker("image", "inspect", name, check=False).returncode == 0
+
+
+def _mirror() -> str:
+    text = Path("/etc/apt/sources.list.d/debian.sources").read_text()
+    m = re.search(r"^URIs:\s*(\S+)", text, re.MULTILINE)
+    if not m:
+        raise RuntimeError("no Debian mirror in /etc/apt/sources.list.d/debian.sources")
+    return m.group(1)
+
+
+def _debootstrap(packages: list[str], root: Path) -> None:
+    if not shutil.which("debootstrap"):
+        raise RuntimeError("debootstrap is not installed (apt-get install debootstrap)")
+    subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", "trixie", str(root),
+                    _mirror()], check=True, capture_output=True, timeout=900)
+
+
+def _import(root: Path, name: str, changes: list[str]) -> None:
+    tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+    args = ["docker", "import"]
+    for c in [*changes, f"LABEL {STANDIN_LABEL}=1"]:
+        args += ["--change", c]
+    subprocess.run([*args, "-", name], stdin=tar.stdout, check=True, capture_output=True, timeout=600)
+    tar.wait(timeout=60)
+
+
+def _build_postgres(name: str, major: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="standin-pg-") as tmp:
+        root = Path(tmp) / "root"
+        _debootstrap([f"postgresql-{major}", "passwd", "util-linux"], root)
+        # Official image: postgres is uid/gid 999; secret files are owned by that uid.
+        for cmd in (["groupmod", "-g", "999", "postgres"], ["usermod", "-u", "999", "-g", "999", "postgres"]):
+            subprocess.run(["chroot", str(root), *cmd], check=True, capture_output=True)
+        for d in ("var/lib/postgresql", f"etc/postgresql/{major}"):
+            shutil.rmtree(root / d, ignore_errors=True)
+        (root / "var/lib/postgresql").mkdir(parents=True)
+        subprocess.run(["chroot", str(root), "chown", "-R", "postgres:postgres", "/var/lib/postgresql"], check=True)
+        shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
+        entry = root / "usr/local/bin/docker-entrypoint.sh"
+        shutil.copy(HERE / "postgres-entrypoint.sh", entry)
+        entry.chmod(0o755)
+        _import(root, name, [
+            f"ENV PATH=/usr/lib/postgresql/{major}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "ENV PGDATA=/var/lib/postgresql/data",
+            "ENV LANG=C.UTF-8",
+            "STOPSIGNAL SIGINT",
+            'ENTRYPOINT ["docker-entrypoint.sh"]',
+            'CMD ["postgres"]',
+            "EXPOSE 5432",
+        ])
+
+
+def _build_python(name: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="standin-py-") as tmp:
+        root = Path(tmp) / "root"
+        _debootstrap(["python3", "python3-venv", "ca-certificates"], root)
+        for link in ("python3", "python"):
+            (root / "usr/local/bin" / link).symlink_to("/usr/bin/python3")
+        shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
+        _import(root, name, [
+            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "ENV LANG=C.UTF-8",
+            'CMD ["python3"]',
+        ])
+
+
+def ensure_image(name: str) -> str:
+    """Make `name` available locally: cached, pulled, or built as a stand-in. Returns how."""
+    if image_exists(name):
+        labels = docker("image", "inspect", "-f", "{{json .Config.Labels}}", name).stdout
+        return "stand-in (cached)" if STANDIN_LABEL in labels else "local"
+    pulled = subprocess.run(["docker", "pull", "-q", name], capture_output=True, text=True, timeout=120,
+                            check=False)
+    if pulled.returncode == 0:
+        return "pulled"
+    log(f"registry unreachable for {name}: building a LOCAL STAND-IN from Debian trixie packages "
+        f"(not the official image)")
+    repo = name.split(":")[0].rsplit("/", 1)[-1]
+    if repo == "postgres":
+        tag = name.split(":")[1]
+        _build_postgres(name, int(re.match(r"\d+", tag).group(0)))  # type: ignore[union-attr]
+    elif repo == "python":
+        _build_python(name)
+    else:
+        raise RuntimeError(f"no stand-in recipe for {name}")
+    return "stand-in (built)"
+
+
+if __name__ == "__main__":
+    for image in sys.argv[1:] or [os.environ.get("IMAGE", "")]:
+        print(image, ensure_image(image))

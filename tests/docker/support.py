@@ -1,0 +1,83 @@
+"""Helpers for the Docker tests: bounded waits, HTTP on loopback, container state."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def sh(*args: str, timeout: float = 600, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, check=False, **kw)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float, interval_s: float = 0.25) -> T:
+    """Poll `probe` until it returns a truthy value; bounded in time and in count."""
+    deadline = time.monotonic() + timeout_s
+    for _ in range(int(timeout_s / interval_s) + 1):
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            break
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def http(method: str, url: str, body: object = None, headers: dict[str, str] | None = None,
+         timeout_s: float = 5) -> tuple[int, bytes]:
+    assert url.startswith("http://127.0.0.1:"), "tests talk to loopback only"
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method,  # noqa: S310 (loopback URL, asserted above)
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+    except (urllib.error.URLError, OSError):
+        return 0, b""
+
+
+def inspect(container: str) -> dict[str, Any]:
+    out = sh("docker", "inspect", container, check=False)
+    if out.returncode != 0:
+        return {}
+    data: list[dict[str, Any]] = json.loads(out.stdout)
+    return data[0]
+
+
+def health(container: str) -> str:
+    state = inspect(container).get("State", {})
+    return str(state.get("Health", {}).get("Status") or state.get("Status") or "missing")
+
+
+def wait_healthy(containers: list[str], timeout_s: float = 180) -> float:
+    """Seconds until every container reports healthy."""
+    start = time.monotonic()
+
+    def all_healthy() -> bool:
+        states = {c: health(c) for c in containers}
+        bad = [c for c, s in states.items() if s in ("exited", "dead", "missing")]
+        if bad:
+            logs = "\n".join(sh("docker", "logs", "--tail", "30", c, check=False).stderr for c in bad)
+            raise AssertionError(f"containers not running: {bad}\n{logs}")
+        return all(s == "healthy" for s in states.values())
+
+    wait_for(f"{containers} healthy", all_healthy, timeout_s)
+    return time.monotonic() - start
+
+
+def remove_containers(prefix: str) -> None:
+    names = sh("docker", "ps", "-aq", "--filter", f"name=^{prefix}", check=False).stdout.split()
+    if names:
+        sh("docker", "rm", "-f", *names, check=False, timeout=120)

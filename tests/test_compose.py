@@ -1,0 +1,140 @@
+"""The compose export: derived from the same settings as the Pulumi program, no secret values in it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components import compose
+from components.settings import SECRETS, load_settings
+from components.stack_config import settings_from_file
+from tests.pulumi_mocks import ROOT, plain, run_program
+
+STACKS = ("dev", "prod")
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_stack_output_equals_cli_export(stack: str, tmp_path: Path) -> None:
+    assert compose.main(["--stack", stack, "--out", str(tmp_path)]) == 0
+    written = (tmp_path / "compose.yaml").read_text()
+    assert plain(run_program(stack).outputs["compose"]) == written
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_compose_matches_pulumi_resources(stack: str) -> None:
+    rec = run_program(stack)
+    doc = yaml.safe_load(plain(rec.outputs["compose"]))
+    assert "version" not in doc
+    assert doc["volumes"]["postgres_data"]["name"] == rec.named("database-data").inputs["name"]
+    assert doc["networks"]["net"]["name"] == rec.named("network-bridge").inputs["name"]
+    for service, container in rec.containers().items():
+        svc = doc["services"][service]
+        i = container.inputs
+        assert svc["container_name"] == i["name"]
+        assert [f"{k}={v}" for k, v in svc["environment"].items()] == i["envs"]
+        ports = [f"{p['ip']}:{int(p['external'])}:{int(p['internal'])}" for p in i.get("ports", [])]
+        assert svc.get("ports", []) == ports
+        if "healthcheck" in i:
+            assert svc["healthcheck"]["test"] == i["healthcheck"]["tests"]
+            assert svc["healthcheck"]["interval"] == i["healthcheck"]["interval"]
+            assert svc["healthcheck"]["start_interval"] == i["healthcheck"]["startInterval"]
+        assert svc["restart"] == i["restart"]
+        assert svc["logging"]["options"] == i["logOpts"]
+        assert svc.get("user") == i.get("user")
+        if "memory" in i:
+            assert svc["mem_limit"] == f"{int(i['memory'])}m"
+        secret_files = {u["file"] for u in plain(i.get("uploads", [])) if u["file"].startswith("/run/secrets/")}
+        assert {f"/run/secrets/{n}" for n in svc.get("secrets", [])} == secret_files
+
+
+def test_port_change_reaches_both(tmp_path: Path) -> None:
+    base = {"environment": "dev", "apiHostPort": "15123"}
+    doc = compose.compose_document(load_settings(base, "x"))
+    assert doc["services"]["api"]["ports"] == ["127.0.0.1:15123:5000"]
+    assert doc["services"]["api"]["healthcheck"]["test"][-1] == "http://127.0.0.1:5000/health"
+
+
+def test_dependencies_and_database_port() -> None:
+    dev = yaml.safe_load(compose.compose_text(settings_from_file("dev")))
+    prod = yaml.safe_load(compose.compose_text(settings_from_file("prod")))
+    for doc in (dev, prod):
+        for svc in ("api", "frontend", "admin"):
+            deps = doc["services"][svc]["depends_on"]
+            assert deps["postgres"] == {"condition": "service_healthy"}
+            assert deps["db-provision"] == {"condition": "service_completed_successfully"}
+            assert Path(doc["services"][svc]["build"]["context"]).is_absolute()
+            assert (Path(doc["services"][svc]["build"]["context"]) / "Dockerfile").is_file()
+        for name, secret in doc["secrets"].items():
+            assert secret == {"file": f"./secrets/{name}"}
+    assert all(p.startswith("127.0.0.1:") for p in dev["services"]["postgres"]["ports"])
+    assert "ports" not in prod["services"]["postgres"]
+
+
+def test_export_writes_private_secrets_and_never_overwrites(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "deploy"
+    assert compose.main(["--stack", "dev", "--out", str(out)]) == 0
+    secret_dir = out / "secrets"
+    assert stat.S_IMODE(secret_dir.stat().st_mode) == 0o700
+    values = {}
+    for spec in SECRETS:
+        f = secret_dir / spec.name
+        values[spec.name] = f.read_text()
+        assert len(values[spec.name]) >= 32 and values[spec.name].isalnum()
+        # Readable by a non-root uid in the container: compose bind-mounts the file as it is.
+        assert stat.S_IMODE(f.stat().st_mode) & 0o004
+    text = (out / "compose.yaml").read_text()
+    printed = capsys.readouterr()
+    for v in values.values():
+        assert v not in text and v not in printed.out and v not in printed.err
+    assert len(set(values.values())) == len(values)
+    assert compose.main(["--stack", "dev", "--out", str(out)]) == 0
+    assert {s.name: (secret_dir / s.name).read_text() for s in SECRETS} == values
+
+
+def _snapshot(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case", ["unknown-stack", "bad-secret-dir-mode", "secret-is-dir", "unwritable"])
+def test_bad_input_one_line_error_files_untouched(case: str, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "deploy"
+    assert compose.main(["--stack", "dev", "--out", str(out)]) == 0
+    (out / "compose.yaml").write_text("# user's file\n")
+    stack = "dev"
+    if case == "unknown-stack":
+        stack = "staging"
+    elif case == "bad-secret-dir-mode":
+        os.chmod(out / "secrets", 0o755)  # noqa: S103 (the wrong mode is the point)
+    elif case == "secret-is-dir":
+        (out / "secrets" / "admin_password").unlink()
+        (out / "secrets" / "admin_password").mkdir()
+    elif case == "unwritable":
+        shutil.rmtree(out)
+        out.write_text("a file, not a directory")
+    before = _snapshot(out) if out.is_dir() else None
+    capsys.readouterr()
+    assert compose.main(["--stack", stack, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    if before is not None:
+        assert _snapshot(out) == before
+    expected = {"unknown-stack": "unknown stack 'staging'", "bad-secret-dir-mode": "mode 0755",
+                "secret-is-dir": "not a regular file", "unwritable": "not a writable directory"}[case]
+    assert expected in err
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("stack", STACKS)
+def test_docker_compose_accepts_export(stack: str, tmp_path: Path, docker_cli: str) -> None:
+    assert compose.main(["--stack", stack, "--out", str(tmp_path)]) == 0
+    result = subprocess.run([docker_cli, "compose", "-f", str(tmp_path / "compose.yaml"), "config", "--quiet"],
+                            capture_output=True, text=True, timeout=60, check=False, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "variable is not set" not in result.stderr
