@@ -75,6 +75,7 @@ class Resource:
     delete_before_replace: bool
     retain_on_delete: bool
     additional_secret_outputs: list[str]
+    state: dict[str, Any] = field(default_factory=dict)  # what the mocks returned (inputs + computed outputs)
 
 
 @dataclass
@@ -122,6 +123,7 @@ class RecordingMonitor(MockMonitor):
                 delete_before_replace=request.deleteBeforeReplace,
                 retain_on_delete=bool(request.retainOnDelete),
                 additional_secret_outputs=list(request.additionalSecretOutputs),
+                state=dict(self.resources[response.urn].state),
             ))
         return response
 
