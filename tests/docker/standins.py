@@ -9,6 +9,7 @@ Stand-ins honour the contract the stack relies on:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,6 +20,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 STANDIN_LABEL = "stock-analyzer.standin"
+# Bump when a recipe changes: a cached stand-in with another version is rebuilt.
+STANDIN_VERSION = "2"
 
 
 def log(msg: str) -> None:
@@ -53,7 +56,7 @@ def _debootstrap(packages: list[str], root: Path) -> None:
 def _import(root: Path, name: str, changes: list[str]) -> None:
     tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
     args = ["docker", "import"]
-    for c in [*changes, f"LABEL {STANDIN_LABEL}=1"]:
+    for c in [*changes, f"LABEL {STANDIN_LABEL}={STANDIN_VERSION}"]:
         args += ["--change", c]
     subprocess.run([*args, "-", name], stdin=tar.stdout, check=True, capture_output=True, timeout=600)
     tar.wait(timeout=60)
@@ -88,9 +91,14 @@ def _build_postgres(name: str, major: int) -> None:
 def _build_python(name: str) -> None:
     with tempfile.TemporaryDirectory(prefix="standin-py-") as tmp:
         root = Path(tmp) / "root"
-        _debootstrap(["python3", "python3-venv", "ca-certificates"], root)
+        _debootstrap(["python3", "python3-venv", "python3-pip", "ca-certificates"], root)
         for link in ("python3", "python"):
             (root / "usr/local/bin" / link).symlink_to("/usr/bin/python3")
+        for link in ("pip", "pip3"):
+            (root / "usr/local/bin" / link).symlink_to("/usr/bin/pip3")
+        # The official image's interpreter is not "externally managed": pip installs into it directly.
+        for marker in root.glob("usr/lib/python3*/EXTERNALLY-MANAGED"):
+            marker.unlink()
         shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
         _import(root, name, [
             "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -102,8 +110,13 @@ def _build_python(name: str) -> None:
 def ensure_image(name: str) -> str:
     """Make `name` available locally: cached, pulled, or built as a stand-in. Returns how."""
     if image_exists(name):
-        labels = docker("image", "inspect", "-f", "{{json .Config.Labels}}", name).stdout
-        return "stand-in (cached)" if STANDIN_LABEL in labels else "local"
+        labels = json.loads(docker("image", "inspect", "-f", "{{json .Config.Labels}}", name).stdout) or {}
+        if STANDIN_LABEL not in labels:
+            return "local"
+        if labels[STANDIN_LABEL] == STANDIN_VERSION:
+            return "stand-in (cached)"
+        log(f"stand-in {name} is from an older recipe: rebuilding")
+        docker("image", "rm", "-f", name, check=False)
     pulled = subprocess.run(["docker", "pull", "-q", name], capture_output=True, text=True, timeout=120,
                             check=False)
     if pulled.returncode == 0:
