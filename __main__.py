@@ -16,7 +16,8 @@ stack = pulumi.get_stack()
 # Fails with one message naming key, value and what is allowed, before any resource is registered.
 settings, provided_passwords = read_stack_config(stack)
 
-credentials = Credentials("credentials", CredentialsArgs(secrets=SECRETS, provided=provided_passwords))
+credentials = Credentials("credentials", CredentialsArgs(
+    secrets=SECRETS, provided=provided_passwords, versions=settings.secret_versions))
 network = Network("network", NetworkArgs(name=settings.network_name, stack=stack))
 database = Database("database", DatabaseArgs(
     settings=settings, network_name=network.name, passwords=credentials.passwords))
@@ -25,6 +26,7 @@ app = App("app", AppArgs(
     context="app",
     network_name=network.name,
     passwords=credentials.passwords,
+    volume_names=database.volume_names,
     depends_on=[database.server, database.provision],
     provisioned=database.provisioned,
 ))

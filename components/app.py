@@ -18,6 +18,8 @@ class AppArgs:
     context: str
     network_name: pulumi.Input[str]
     passwords: Mapping[str, pulumi.Output[str]]
+    # Engine names of the stack's volumes by logical name (the app mounts the credential volume).
+    volume_names: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     # Resources every app container must start after (the healthy database and its provisioning).
     depends_on: Sequence[pulumi.Resource] = field(default_factory=list)
     provisioned: pulumi.Input[str] = "ok"
@@ -51,7 +53,7 @@ class App(pulumi.ComponentResource):
             self.containers[spec.service] = docker.Container(
                 f"{name}-{spec.service}",
                 container_args(spec, s, image=self.image_ref, network_name=args.network_name,
-                               passwords=args.passwords,
+                               passwords=args.passwords, volume_names=args.volume_names,
                                labels={"stock-analyzer.db-provisioned": args.provisioned}),
                 opts=replace_opts(self, depends_on=args.depends_on),
             )

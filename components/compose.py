@@ -64,6 +64,9 @@ def _service(spec: ContainerSpec, s: StackSettings, image: str, build: dict[str,
         svc["secrets"] = [m.secret.name for m in spec.secrets]
     if spec.uploads:
         svc["configs"] = [{"source": _config_name(path), "target": path} for path, _ in spec.uploads]
+    if spec.mounts:
+        svc["volumes"] = [{"type": "volume", "source": m.volume, "target": m.target, **({"read_only": True}
+                           if m.read_only else {})} for m in spec.mounts]
     if spec.ports:
         svc["ports"] = [f"{p.host_ip}:{p.host_port}:{p.container_port}" for p in spec.ports]
     svc["networks"] = {"net": {"aliases": list(spec.aliases)} if spec.aliases else {}}
@@ -98,14 +101,13 @@ def compose_document(s: StackSettings, app_context: Path = APP_CONTEXT,
     for spec in s.apps:
         services[spec.service] = _service(spec, s, s.app_image, build, {
             **healthy_db, "db-provision": {"condition": "service_completed_successfully"}})
-    services["postgres"]["volumes"] = [{"type": "volume", "source": "postgres_data", "target": s.postgres_mount}]
     used = sorted({m.secret.name for c in s.containers for m in c.secrets})
     build_secrets = {"ca": {"file": str(ca_bundle.absolute())}} if ca_bundle else {}
     return {
         "name": s.prefix,
         "services": services,
         "networks": {"net": {"name": s.network_name, "driver": "bridge"}},
-        "volumes": {"postgres_data": {"name": s.volume_name}},
+        "volumes": {logical: {"name": name} for logical, name in s.volumes.items()},
         "secrets": {**{name: {"file": f"./{SECRETS_SUBDIR}/{name}"} for name in used}, **build_secrets},
         # `$$` because compose interpolates `$VAR` in the file, content included.
         "configs": {_config_name(path): {"content": content.replace("$", "$$")}
@@ -198,18 +200,52 @@ def export(stack: str, out: Path, project_dir: Path = PROJECT_DIR, ca_bundle: Pa
     return created
 
 
+def rotate(out: Path, name: str) -> None:
+    """Replace one generated secret in place; `docker compose up -d` then applies it.
+
+    In place (same inode) because compose bind-mounts file secrets: running containers see the new
+    content at once (the admin UI re-reads its password on every request), and the provisioning job,
+    which `up -d` runs again, moves the database to it.
+    """
+    specs = {spec.name: spec for spec in SECRETS}
+    path = out.absolute() / SECRETS_SUBDIR / name
+    if not (out / "compose.yaml").is_file() or not path.is_file() or path.is_symlink():
+        raise ExportError(f"{path}: nothing to rotate; export first")
+    _check_secret_dir(path.parent)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    os.chmod(path, mode | stat.S_IWUSR)
+    try:
+        with open(path, "r+", encoding="utf-8") as f:
+            f.write(generate_secret(specs[name]))
+            f.truncate()
+    finally:
+        os.chmod(path, mode)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m components.compose", description=__doc__.splitlines()[0])
     parser.add_argument("--stack", required=True, help="stack name: reads Pulumi.STACK.yaml")
     parser.add_argument("--out", required=True, type=Path, help="directory for compose.yaml and secrets/")
+    parser.add_argument("--rotate", metavar="NAME",
+                        help="replace this secret with a new value (then run `docker compose up -d`)")
     parser.add_argument("--ca-bundle", type=Path, default=None,
                         help="CA bundle given to the image build as BuildKit secret 'ca' (TLS-intercepting networks)")
     args = parser.parse_args(argv)
     try:
+        if args.rotate:
+            if args.rotate not in {spec.name for spec in SECRETS}:
+                raise ExportError(f"--rotate {args.rotate!r}: allowed: {', '.join(spec.name for spec in SECRETS)}")
+            if not (args.out / SECRETS_SUBDIR / args.rotate).is_file():
+                raise ExportError(f"{args.out / SECRETS_SUBDIR / args.rotate}: nothing to rotate; export first")
         created = export(args.stack, args.out, ca_bundle=args.ca_bundle)
+        if args.rotate:
+            rotate(args.out, args.rotate)
     except (ConfigError, ExportError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    if args.rotate:
+        print(f"rotated {args.rotate}; apply with: docker compose -f {args.out / 'compose.yaml'} up -d")
+        return 0
     print(f"wrote {args.out / 'compose.yaml'}" + (f"; generated secrets: {', '.join(created)}" if created else ""))
     return 0
 

@@ -44,7 +44,7 @@ def container_args(
     image: pulumi.Input[str],
     network_name: pulumi.Input[str],
     passwords: Mapping[str, pulumi.Output[str]],
-    volumes: Sequence[docker.ContainerVolumeArgs] = (),
+    volume_names: Mapping[str, pulumi.Input[str]] | None = None,
     labels: Mapping[str, pulumi.Input[str]] | None = None,
 ) -> docker.ContainerArgs:
     hc = spec.healthcheck
@@ -71,7 +71,11 @@ def container_args(
             for p in spec.ports
         ],
         networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=network_name, aliases=list(spec.aliases))],
-        volumes=list(volumes) or None,
+        volumes=[
+            docker.ContainerVolumeArgs(volume_name=(volume_names or {})[m.volume], container_path=m.target,
+                                       read_only=m.read_only or None)
+            for m in spec.mounts
+        ] or None,
         healthcheck=docker.ContainerHealthcheckArgs(
             tests=list(hc.test),
             interval=_seconds(hc.interval_s),

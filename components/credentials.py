@@ -16,6 +16,8 @@ class CredentialsArgs:
     secrets: Sequence[SecretSpec]
     # Values a user set with `pulumi config set --secret`; these replace the generated ones.
     provided: Mapping[str, pulumi.Output[str]] = field(default_factory=dict)
+    # Rotation triggers: a changed version replaces exactly that password (keepers).
+    versions: Mapping[str, int] = field(default_factory=dict)
 
 
 class Credentials(pulumi.ComponentResource):
@@ -35,6 +37,7 @@ class Credentials(pulumi.ComponentResource):
                     f"{name}-{spec.name.replace('_', '-')}",
                     length=spec.length,
                     special=False,
+                    keepers={"version": str(args.versions.get(spec.name, 1))},
                     opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["result"]),
                 )
                 value = generated.result

@@ -9,7 +9,7 @@ import pulumi
 import pulumi_docker as docker
 
 from components.containers import container_args, replace_opts
-from components.settings import PGDATA, StackSettings
+from components.settings import VOL_APP_CREDENTIALS, VOL_DATA, VOL_PROVISION_STATE, StackSettings
 
 
 @dataclass
@@ -19,9 +19,13 @@ class DatabaseArgs:
     passwords: Mapping[str, pulumi.Output[str]]
 
 
+_VOLUME_ROLES = {VOL_DATA: "data", VOL_APP_CREDENTIALS: "app-credentials", VOL_PROVISION_STATE: "provision-state"}
+
+
 class Database(pulumi.ComponentResource):
     container_name: pulumi.Output[str]
     volume_name: pulumi.Output[str]
+    volume_names: dict[str, pulumi.Output[str]]
     image_id: pulumi.Output[str]
     provisioned: pulumi.Output[str]
     server: docker.Container
@@ -36,33 +40,40 @@ class Database(pulumi.ComponentResource):
             keep_locally=True,
             opts=pulumi.ResourceOptions(parent=self),
         )
-        volume = docker.Volume(
-            f"{name}-data",
-            name=s.volume_name,
-            labels=[docker.VolumeLabelArgs(label="stock-analyzer.stack", value=s.stack)],
-            # retain_on_delete keeps the data if the volume resource is ever deleted by hand-edited
-            # state; protect makes `pulumi destroy` refuse in the first place.
-            opts=pulumi.ResourceOptions(parent=self, protect=s.protect_data, retain_on_delete=s.protect_data),
-        )
-        server_args = container_args(
-            s.postgres, s, image=image.image_id, network_name=args.network_name, passwords=args.passwords,
-            volumes=[docker.ContainerVolumeArgs(volume_name=volume.name, container_path=PGDATA)],
-        )
+        volumes = {
+            logical: docker.Volume(
+                f"{name}-{_VOLUME_ROLES[logical]}",
+                name=engine_name,
+                labels=[docker.VolumeLabelArgs(label="stock-analyzer.stack", value=s.stack)],
+                # retain_on_delete keeps the data if the volume resource is ever deleted from the program;
+                # protect makes `pulumi destroy` refuse in the first place. The provisioning state (the
+                # previous superuser password) is protected with the data it unlocks.
+                opts=pulumi.ResourceOptions(parent=self, protect=s.protect_data, retain_on_delete=s.protect_data),
+            )
+            for logical, engine_name in s.volumes.items()
+        }
+        self.volume_names = {logical: v.name for logical, v in volumes.items()}
         # Two servers must never share one data directory: delete before replace.
-        self.server = docker.Container(f"{name}-server", server_args, opts=replace_opts(self))
+        self.server = docker.Container(
+            f"{name}-server",
+            container_args(s.postgres, s, image=image.image_id, network_name=args.network_name,
+                           passwords=args.passwords, volume_names=self.volume_names),
+            opts=replace_opts(self),
+        )
         self.provision = docker.Container(
             f"{name}-provision",
             container_args(s.provision, s, image=image.image_id, network_name=args.network_name,
-                           passwords=args.passwords),
+                           passwords=args.passwords, volume_names=self.volume_names),
             opts=replace_opts(self, depends_on=[self.server]),
         )
         self.container_name = self.server.name
-        self.volume_name = volume.name
+        self.volume_name = self.volume_names[VOL_DATA]
         self.image_id = image.image_id
         self.provisioned = self.provision.exit_code.apply(_require_success)
         self.register_outputs({
             "container_name": self.container_name,
             "volume_name": self.volume_name,
+            "volume_names": self.volume_names,
             "image_id": self.image_id,
             "provisioned": self.provisioned,
         })

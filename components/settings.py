@@ -31,6 +31,13 @@ APP_UID = 10001
 SECRETS_DIR = "/run/secrets"
 DB_ALIAS = "postgres"
 PROVISION_MEMORY_MB = 128
+# The app's database credential (user and password, one file) lives in a volume that the provisioning
+# job writes and the app reads on every connection: rotating it needs no app restart.
+APP_CREDENTIALS_DIR = "/run/app-credentials"
+APP_CREDENTIALS_FILE = f"{APP_CREDENTIALS_DIR}/db"
+PROVISION_STATE_DIR = "/var/lib/provision"
+# Logical volume names (compose keys); the engine names are per stack, see StackSettings.volumes.
+VOL_DATA, VOL_APP_CREDENTIALS, VOL_PROVISION_STATE = "postgres_data", "app_credentials", "provision_state"
 
 
 class ConfigError(ValueError):
@@ -49,6 +56,11 @@ class SecretSpec:
     @property
     def path(self) -> str:
         return f"{SECRETS_DIR}/{self.name}"
+
+    @property
+    def version_key(self) -> str:
+        """The rotation trigger: bump it and `pulumi up` generates and applies a new value."""
+        return f"{self.config_key}Version"
 
 
 SECRET_POSTGRES = SecretSpec("postgres_password", "postgresPassword", "database superuser password")
@@ -81,6 +93,13 @@ class SecretMount:
 
 
 @dataclass(frozen=True)
+class VolumeMount:
+    volume: str  # logical name, a key of StackSettings.volumes
+    target: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     """Everything about one container that both Pulumi and compose need."""
 
@@ -99,6 +118,7 @@ class ContainerSpec:
     uploads: tuple[tuple[str, str], ...] = ()  # (path in container, non-secret file content)
     stop_signal: str | None = None
     stop_grace_s: int | None = None
+    mounts: tuple[VolumeMount, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -140,6 +160,8 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("adminUser", "string", "Admin UI user name.", "admin"),
     *(ConfigKey(s.config_key, "string", f"Optional own {s.description}; generated when unset.", None, secret=True)
       for s in SECRETS),
+    *(ConfigKey(s.version_key, "integer", f"Rotation trigger of the {s.description}: increase to rotate.", "1")
+      for s in SECRETS),
 )
 KNOWN_KEYS = {k.name: k for k in CONFIG_KEYS}
 
@@ -165,7 +187,7 @@ class StackSettings:
     stack: str
     environment: str
     network_name: str
-    volume_name: str
+    volumes: dict[str, str]  # logical name -> engine name
     postgres_image: str
     python_base_image: str
     app_image: str
@@ -180,7 +202,13 @@ class StackSettings:
     postgres: ContainerSpec
     provision: ContainerSpec
     apps: tuple[ContainerSpec, ...]
+    secret_versions: dict[str, int] = field(default_factory=dict)  # secret name -> rotation version
     user_secrets: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def volume_name(self) -> str:
+        """The data volume: the one that matters for backups and protection."""
+        return self.volumes[VOL_DATA]
 
     @property
     def prefix(self) -> str:
@@ -189,10 +217,6 @@ class StackSettings:
     @property
     def containers(self) -> tuple[ContainerSpec, ...]:
         return (self.postgres, self.provision, *self.apps)
-
-    @property
-    def postgres_mount(self) -> str:
-        return PGDATA
 
     @property
     def log_opts(self) -> dict[str, str]:
@@ -328,6 +352,8 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
     db_name, superuser, app_user = r.ident("dbName"), r.ident("dbSuperuser"), r.ident("dbAppUser")
     if app_user == superuser:
         raise _fail("dbAppUser", app_user, f"a role other than the superuser '{superuser}'")
+    if len(app_user) > 60:  # room for the _b (second login role) and _rw (group) suffixes
+        raise _fail("dbAppUser", app_user, "at most 60 characters")
     restart = r.choice("restartPolicy", RESTART_POLICIES)
     admin_user = r.parsed("adminUser", lambda v: v if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v) else _raise(),
                           "1-64 characters from A-Z a-z 0-9 _ . -")
@@ -366,7 +392,7 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
     prefix = f"{project}-{stack}"
     python_base_image = r.image("pythonBaseImage")
     postgres_image = r.image("postgresImage", postgres=True)
-    db_env = (("DB_HOST", DB_ALIAS), ("DB_NAME", db_name), ("DB_PORT", str(POSTGRES_PORT)), ("DB_USER", app_user))
+    db_env = (("DB_HOST", DB_ALIAS), ("DB_NAME", db_name), ("DB_PORT", str(POSTGRES_PORT)))
     env_common = (("ENVIRONMENT", environment),)
 
     postgres = ContainerSpec(
@@ -394,6 +420,7 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         # kills Postgres outright on replacement, forcing crash recovery on the next start.
         stop_signal="SIGINT",
         stop_grace_s=60,
+        mounts=(VolumeMount(VOL_DATA, PGDATA),),
     )
     provision = ContainerSpec(
         service="db-provision",
@@ -401,33 +428,38 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         entrypoint=("sh", "/provision/provision.sh"),
         command=(),
         env=tuple(sorted({
+            "APP_CREDENTIALS_FILE": APP_CREDENTIALS_FILE,
             "APP_DB_PASSWORD_FILE": SECRET_APP_DB.path,
             "APP_DB_USER": app_user,
+            "APP_UID": str(APP_UID),
             "PGDATABASE": db_name,
             "PGHOST": DB_ALIAS,
             "PGPORT": str(POSTGRES_PORT),
             "PGUSER": superuser,
             "POSTGRES_PASSWORD_FILE": SECRET_POSTGRES.path,
+            "PROVISION_STATE_DIR": PROVISION_STATE_DIR,
         }.items())),
-        secrets=(SecretMount(SECRET_POSTGRES, POSTGRES_UID), SecretMount(SECRET_APP_DB, POSTGRES_UID)),
+        secrets=(SecretMount(SECRET_POSTGRES, 0), SecretMount(SECRET_APP_DB, 0)),
         ports=(),
         healthcheck=None,
         memory_mb=PROVISION_MEMORY_MB,
         restart="no",
-        user=str(POSTGRES_UID),
+        # root: it hands the credential file to the app's uid (chown) and keeps private state.
+        user="0",
         uploads=(("/provision/provision.sh", PROVISION_SCRIPT), ("/provision/provision.sql", PROVISION_SQL)),
+        mounts=(VolumeMount(VOL_APP_CREDENTIALS, APP_CREDENTIALS_DIR),
+                VolumeMount(VOL_PROVISION_STATE, PROVISION_STATE_DIR)),
     )
-    app_db_env = (*db_env, ("DB_PASSWORD_FILE", SECRET_APP_DB.path))
-    app_secret = SecretMount(SECRET_APP_DB, APP_UID)
+    app_db_env = (*db_env, ("DB_CREDENTIALS_FILE", APP_CREDENTIALS_FILE))
     apps = (
-        _app_spec(prefix, "api", app_ports["api"], (*env_common, *app_db_env), (app_secret,),
+        _app_spec(prefix, "api", app_ports["api"], (*env_common, *app_db_env), (),
                   bindings["api"], memory["api"], restart),
         _app_spec(prefix, "frontend", app_ports["frontend"],
                   (*env_common, ("API_URL", f"http://api:{app_ports['api']}")), (),
                   bindings["frontend"], memory["frontend"], restart),
         _app_spec(prefix, "admin", app_ports["admin"],
                   (*env_common, *app_db_env, ("ADMIN_USER", admin_user), ("ADMIN_PASSWORD_FILE", SECRET_ADMIN.path)),
-                  (app_secret, SecretMount(SECRET_ADMIN, APP_UID)),
+                  (SecretMount(SECRET_ADMIN, APP_UID),),
                   bindings["admin"], memory["admin"], restart),
     )
     return StackSettings(
@@ -435,7 +467,7 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         stack=stack,
         environment=environment,
         network_name=f"{prefix}_net",
-        volume_name=f"{prefix}_postgres_data",
+        volumes={v: f"{prefix}_{v}" for v in (VOL_DATA, VOL_APP_CREDENTIALS, VOL_PROVISION_STATE)},
         postgres_image=postgres_image,
         python_base_image=python_base_image,
         app_image=f"{app_repo}:{stack}",
@@ -451,7 +483,8 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         postgres=postgres,
         provision=provision,
         apps=apps,
-        user_secrets=frozenset(s.name for s in SECRETS if s.config_key in raw_config),
+        secret_versions={spec.name: r.integer(spec.version_key, 1, 1_000_000) for spec in SECRETS},
+        user_secrets=frozenset(spec.name for spec in SECRETS if spec.config_key in raw_config),
     )
 
 
@@ -470,29 +503,100 @@ def _app_spec(prefix: str, service: str, port: int, env: tuple[tuple[str, str], 
         restart=restart,
         user=f"{APP_UID}:{APP_UID}",
         aliases=(service,),
+        mounts=(VolumeMount(VOL_APP_CREDENTIALS, APP_CREDENTIALS_DIR, read_only=True),)
+        if any(k == "DB_CREDENTIALS_FILE" for k, _ in env) else (),
     )
 
 
-# The provisioning job: idempotent, run as the superuser after Postgres is healthy and before any app
-# container starts. It owns the schema so the app role needs no DDL rights, and it (re)sets the app
-# role's password, which is what makes a password change reach an existing data volume.
+# The provisioning job: idempotent, run as root in the Postgres image after Postgres is healthy and before
+# any app container starts, and again whenever a password it carries changes. It owns the schema (the
+# app roles get no DDL rights) and applies rotations to the running database:
+# - superuser: logs in with the current password, else with the previous one (kept in a volume only
+#   this job mounts) and moves the role to the current one;
+# - app role: two login roles take turns (APP_DB_USER and APP_DB_USER_b). The new password goes to the
+#   idle one, the credential file the app reads on every connection is swapped atomically, and the
+#   old role loses its login once its sessions have ended. The API never sees a refused login.
 PROVISION_SCRIPT = """\
 #!/bin/sh
 set -eu
+umask 077
+log() { echo "provision: $*"; }
+sessions_of() {
+  psql -X -At -v r="$1" <<'SQL'
+SELECT count(*) FROM pg_stat_activity WHERE usename = :'r';
+SQL
+}
+state="$PROVISION_STATE_DIR/postgres_password"
+
 PGPASSWORD="$(cat "$POSTGRES_PASSWORD_FILE")"
 export PGPASSWORD
-exec psql -v ON_ERROR_STOP=1 -X -q -v app_user="$APP_DB_USER" -f /provision/provision.sql
+if ! err=$(psql -X -q -c 'SELECT 1' 2>&1 >/dev/null); then
+  case "$err" in
+    *"password authentication failed"*) ;;
+    *) echo "$err" >&2; exit 1 ;;
+  esac
+  if [ ! -s "$state" ]; then
+    echo "provision: the superuser password was refused and no previous password is recorded" >&2
+    exit 1
+  fi
+  PGPASSWORD="$(cat "$state")" psql -X -q -v ON_ERROR_STOP=1 -v su="$PGUSER" <<'SQL'
+\\set pw `cat "$POSTGRES_PASSWORD_FILE"`
+ALTER ROLE :"su" PASSWORD :'pw';
+SQL
+  log "superuser password rotated"
+fi
+cp "$POSTGRES_PASSWORD_FILE" "$state.tmp" && mv -f "$state.tmp" "$state"
+
+creds="$APP_CREDENTIALS_FILE"
+slot_a="$APP_DB_USER"
+slot_b="${APP_DB_USER}_b"
+new_pw="$(cat "$APP_DB_PASSWORD_FILE")"
+old_user=""
+old_pw=""
+if [ -s "$creds" ]; then
+  old_user=$(sed -n 1p "$creds")
+  old_pw=$(sed -n 2p "$creds")
+fi
+if [ -z "$old_user" ]; then active="$slot_a"
+elif [ "$old_pw" = "$new_pw" ]; then active="$old_user"
+elif [ "$old_user" = "$slot_a" ]; then active="$slot_b"
+else active="$slot_a"
+fi
+if [ "$active" = "$slot_a" ]; then inactive="$slot_b"; else inactive="$slot_a"; fi
+
+psql -X -q -v ON_ERROR_STOP=1 -v active="$active" -v inactive="$inactive" -v app_group="${APP_DB_USER}_rw" \\
+  -f /provision/provision.sql
+
+printf '%s\\n%s\\n' "$active" "$new_pw" > "$creds.tmp"
+chown "$APP_UID:$APP_UID" "$creds.tmp"
+chmod 0400 "$creds.tmp"
+mv -f "$creds.tmp" "$creds"
+
+if [ -n "$old_user" ] && [ "$old_user" != "$active" ]; then
+  log "app role moves from $old_user to $active; waiting for $old_user sessions to end"
+  sleep 3
+  i=0
+  while [ "$i" -lt 60 ] && [ "$(sessions_of "$old_user")" != "0" ]; do
+    i=$((i + 1))
+    sleep 0.5
+  done
+fi
+psql -X -q -v ON_ERROR_STOP=1 -v r="$inactive" <<'SQL' >/dev/null
+ALTER ROLE :"r" NOLOGIN PASSWORD NULL;
+SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :'r';
+SQL
+log "done; the app connects as $active"
 """
 
 PROVISION_SQL = """\
 \\set app_password `cat "$APP_DB_PASSWORD_FILE"`
-\\set app_group :app_user '_rw'
 SELECT format('CREATE ROLE %I NOLOGIN', :'app_group')
  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'app_group') \\gexec
-SELECT format('CREATE ROLE %I LOGIN', :'app_user')
- WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'app_user') \\gexec
-ALTER ROLE :"app_user" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'app_password';
-GRANT :"app_group" TO :"app_user";
+SELECT format('CREATE ROLE %I NOLOGIN', r) FROM (VALUES (:'active'), (:'inactive')) AS v(r)
+ WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = r) \\gexec
+ALTER ROLE :"active" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'app_password';
+GRANT :"app_group" TO :"active";
+GRANT :"app_group" TO :"inactive";
 REVOKE ALL ON DATABASE :"DBNAME" FROM PUBLIC;
 GRANT CONNECT ON DATABASE :"DBNAME" TO :"app_group";
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;

@@ -167,9 +167,26 @@ def test_read_secret_prefers_file_and_rereads_it(tmp_path: Path) -> None:
 
 def test_db_config_from_env() -> None:
     cfg = DbConfig.from_env({"DB_HOST": "postgres", "DB_NAME": "d", "DB_USER": "u", "DB_PASSWORD": "p"})
-    assert (cfg.host, cfg.port, cfg.name, cfg.user, cfg.password()) == ("postgres", 5432, "d", "u", "p")
+    assert (cfg.host, cfg.port, cfg.name, cfg.credentials()) == ("postgres", 5432, "d", ("u", "p"))
     with pytest.raises(MissingSetting, match="DB_HOST"):
         DbConfig.from_env({})
+    with pytest.raises(MissingSetting, match="DB_CREDENTIALS_FILE"):
+        DbConfig.from_env({"DB_HOST": "h", "DB_NAME": "d"})
+
+
+def test_credentials_file_is_read_for_every_connection(tmp_path: Path) -> None:
+    creds = tmp_path / "db"
+    creds.write_text("stock_app\nfirst-password\n")
+    cfg = DbConfig.from_env({"DB_HOST": "h", "DB_NAME": "d", "DB_CREDENTIALS_FILE": str(creds),
+                             "DB_USER": "ignored", "DB_PASSWORD": "ignored"})
+    assert cfg.credentials() == ("stock_app", "first-password")
+    # The deployment swaps the file atomically on rotation; the next connection uses the new pair.
+    (tmp_path / "db.tmp").write_text("stock_app_b\nsecond-password\n")
+    (tmp_path / "db.tmp").replace(creds)
+    assert cfg.credentials() == ("stock_app_b", "second-password")
+    creds.write_text("only-a-user\n")
+    with pytest.raises(MissingSetting, match="two lines"):
+        cfg.credentials()
 
 
 class _Quiet(WSGIRequestHandler):

@@ -43,6 +43,8 @@ def test_credentials_alone_generates_only_what_is_not_provided() -> None:
 def test_database_alone() -> None:
     rec = run(lambda: Database("db", DatabaseArgs(settings=SETTINGS, network_name="n1", passwords=_passwords())),
               "t1", {})
+    assert sorted(r.name for r in rec.of_type("docker:index/volume:Volume")) == [
+        "db-app-credentials", "db-data", "db-provision-state"]
     containers = rec.containers()
     assert set(containers) == {"postgres", "db-provision"}
     env = dict(e.split("=", 1) for e in containers["postgres"].inputs["envs"])
@@ -55,14 +57,19 @@ def test_database_alone() -> None:
 
 def test_app_alone_uses_settings_ports() -> None:
     rec = run(lambda: App("web", AppArgs(settings=SETTINGS, context="app", network_name="n1",
-                                          passwords=_passwords())), "t1", {})
+                                          passwords=_passwords(),
+                                          volume_names={"app_credentials": "creds-vol"})), "t1", {})
     containers = rec.containers()
     assert set(containers) == {"api", "frontend", "admin"}
     assert containers["api"].inputs["ports"] == [{"internal": 5000, "external": 15000, "ip": "127.0.0.2",
                                                   "protocol": "tcp"}]
     files = {u["file"] for u in plain(containers["admin"].inputs["uploads"])}
-    assert files == {"/run/secrets/app_db_password", "/run/secrets/admin_password"}
-    assert "uploads" not in containers["frontend"].inputs or plain(containers["frontend"].inputs["uploads"]) == []
+    assert files == {"/run/secrets/admin_password"}
+    for svc in ("api", "admin"):
+        assert containers[svc].inputs["volumes"] == [
+            {"volumeName": "creds-vol", "containerPath": "/run/app-credentials", "readOnly": True}]
+    assert plain(containers["frontend"].inputs.get("uploads", [])) == []
+    assert "volumes" not in containers["frontend"].inputs
 
 
 def test_pulumi_yaml_declares_every_key_with_type_description_default() -> None:

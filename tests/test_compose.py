@@ -138,3 +138,38 @@ def test_docker_compose_accepts_export(stack: str, tmp_path: Path, docker_cli: s
                             capture_output=True, text=True, timeout=60, check=False, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert "variable is not set" not in result.stderr
+
+
+def test_rotate_replaces_one_secret_in_place(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert compose.main(["--stack", "dev", "--out", str(tmp_path)]) == 0
+    secret_dir = tmp_path / "secrets"
+    before = {s.name: ((secret_dir / s.name).read_text(), (secret_dir / s.name).stat()) for s in SECRETS}
+    compose_before = (tmp_path / "compose.yaml").read_text()
+    capsys.readouterr()
+    assert compose.main(["--stack", "dev", "--out", str(tmp_path), "--rotate", "app_db_password"]) == 0
+    printed = capsys.readouterr().out
+    assert "docker compose" in printed and "up -d" in printed
+    for spec in SECRETS:
+        f = secret_dir / spec.name
+        text, st = f.read_text(), f.stat()
+        # Same inode: compose bind-mounts the file, so running containers see the new value.
+        assert st.st_ino == before[spec.name][1].st_ino
+        assert stat.S_IMODE(st.st_mode) == stat.S_IMODE(before[spec.name][1].st_mode)
+        if spec.name == "app_db_password":
+            assert text != before[spec.name][0] and len(text) == spec.length and text.isalnum()
+            assert text not in printed
+        else:
+            assert text == before[spec.name][0]
+    assert (tmp_path / "compose.yaml").read_text() == compose_before
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--rotate", "root_password"], "allowed: postgres_password, app_db_password, admin_password"),
+    (["--rotate", "admin_password"], "nothing to rotate; export first"),
+])
+def test_rotate_bad_input(args: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "fresh"
+    assert compose.main(["--stack", "dev", "--out", str(out), *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and expected in err
+    assert not out.exists()

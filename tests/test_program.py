@@ -46,6 +46,8 @@ def test_resource_graph(rec: Recording, stack: str) -> None:
         ("stock-analyzer:database:Database", "database"),
         ("docker:index/remoteImage:RemoteImage", "database-image"),
         ("docker:index/volume:Volume", "database-data"),
+        ("docker:index/volume:Volume", "database-app-credentials"),
+        ("docker:index/volume:Volume", "database-provision-state"),
         (CONTAINER, "database-server"),
         (CONTAINER, "database-provision"),
         ("stock-analyzer:app:App", "app"),
@@ -167,8 +169,19 @@ def test_env_is_sorted_and_secret_free(rec: Recording) -> None:
 def test_app_connects_as_least_privileged_role(rec: Recording, cfg: dict[str, str]) -> None:
     containers = rec.containers()
     superuser = env_of(containers["postgres"])["POSTGRES_USER"]
+    job = env_of(containers["db-provision"])
+    assert job["APP_DB_USER"] == cfg["dbAppUser"] and job["APP_DB_USER"] != superuser
+    creds_volume = rec.named("database-app-credentials").inputs["name"]
     for svc in ("api", "admin"):
-        assert env_of(containers[svc])["DB_USER"] not in (superuser, "postgres")
+        env = env_of(containers[svc])
+        # The app's credential comes from the file the provisioning job writes, never the superuser's.
+        assert "DB_USER" not in env and "POSTGRES_PASSWORD_FILE" not in env
+        assert env["DB_CREDENTIALS_FILE"] == job["APP_CREDENTIALS_FILE"]
+        (mount,) = containers[svc].inputs["volumes"]
+        assert mount == {"volumeName": creds_volume, "containerPath": env["DB_CREDENTIALS_FILE"].rsplit("/", 1)[0],
+                         "readOnly": True}
+        files = {u["file"] for u in plain(containers[svc].inputs.get("uploads", []))}
+        assert "/run/secrets/postgres_password" not in files
     assert "ADMIN_PASSWORD_FILE" not in env_of(containers["api"])
 
 
@@ -199,13 +212,19 @@ def test_app_processes_are_not_root(rec: Recording) -> None:
 
 def test_volume_mount_and_protection(rec: Recording, stack: str) -> None:
     volume = rec.named("database-data")
-    (mount,) = rec.containers()["postgres"].inputs["volumes"]
+    containers = rec.containers()
+    (mount,) = containers["postgres"].inputs["volumes"]
     assert mount == {"volumeName": volume.inputs["name"], "containerPath": "/var/lib/postgresql/data"}
-    assert volume.urn in rec.containers()["postgres"].dependencies
-    assert volume.protect is (stack == "prod")
-    # Apps never mount the data volume.
-    for svc in APP_PORTS:
-        assert "volumes" not in rec.containers()[svc].inputs
+    assert volume.urn in containers["postgres"].dependencies
+    for name in ("database-data", "database-provision-state"):
+        assert rec.named(name).protect is (stack == "prod")
+        assert rec.named(name).retain_on_delete is (stack == "prod")
+    # Only Postgres mounts the data; only the job mounts its state (the previous superuser password).
+    state = rec.named("database-provision-state").inputs["name"]
+    for svc, c in containers.items():
+        mounted = {m["volumeName"] for m in c.inputs.get("volumes", [])}
+        assert (volume.inputs["name"] in mounted) is (svc == "postgres"), svc
+        assert (state in mounted) is (svc == "db-provision"), svc
 
 
 def test_dependencies(rec: Recording) -> None:
@@ -228,7 +247,8 @@ def test_replacement_is_safe(rec: Recording) -> None:
 def test_provision_job_runs_once_and_is_waited_for(rec: Recording) -> None:
     job = rec.containers()["db-provision"].inputs
     assert job["mustRun"] is False and job["attach"] is True and job["restart"] == "no"
-    assert job["user"] == "999"
+    assert job["user"] == "0"  # it chowns the app's credential file to the app's uid
+    assert {m["containerPath"] for m in job["volumes"]} == {"/run/app-credentials", "/var/lib/provision"}
     files = {u["file"] for u in plain(job["uploads"])}
     assert {"/provision/provision.sh", "/provision/provision.sql"} <= files
 

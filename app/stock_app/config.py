@@ -29,16 +29,31 @@ class DbConfig:
     host: str
     port: int
     name: str
-    user: str
     env: Mapping[str, str]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DbConfig:
         env = dict(os.environ if env is None else env)
         try:
-            return cls(env["DB_HOST"], int(env.get("DB_PORT", "5432")), env["DB_NAME"], env["DB_USER"], env)
+            config = cls(env["DB_HOST"], int(env.get("DB_PORT", "5432")), env["DB_NAME"], env)
         except KeyError as err:
             raise MissingSetting(f"set {err.args[0]}") from None
+        if "DB_CREDENTIALS_FILE" not in env and "DB_USER" not in env:
+            raise MissingSetting("set DB_CREDENTIALS_FILE, or DB_USER with DB_PASSWORD_FILE or DB_PASSWORD")
+        return config
 
-    def password(self) -> str:
-        return read_secret("DB_PASSWORD", self.env)
+    def credentials(self) -> tuple[str, str]:
+        """(user, password), read anew for every connection.
+
+        DB_CREDENTIALS_FILE holds the user on its first line and the password on its second; the
+        deployment swaps it atomically when it rotates the app's role. Otherwise DB_USER and
+        DB_PASSWORD_FILE (or DB_PASSWORD).
+        """
+        path = self.env.get("DB_CREDENTIALS_FILE")
+        if path:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+            if len(lines) < 2 or not lines[0] or not lines[1]:
+                raise MissingSetting(f"{path}: expected the user and the password on two lines")
+            return lines[0], lines[1]
+        return self.env["DB_USER"], read_secret("DB_PASSWORD", self.env)

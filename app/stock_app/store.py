@@ -46,9 +46,13 @@ class PostgresStore:
         import psycopg
 
         try:
+            user, password = self.config.credentials()
+        except OSError as err:
+            raise StoreUnavailable(f"credentials unreadable: {err.strerror}") from err
+        try:
             with psycopg.connect(
-                host=self.config.host, port=self.config.port, dbname=self.config.name, user=self.config.user,
-                password=self.config.password(), connect_timeout=self.connect_timeout_s,
+                host=self.config.host, port=self.config.port, dbname=self.config.name, user=user,
+                password=password, connect_timeout=self.connect_timeout_s,
                 application_name="stock-app",
             ) as conn:
                 yield conn

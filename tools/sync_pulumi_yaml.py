@@ -1,0 +1,44 @@
+"""Rewrite the `config:` block of Pulumi.yaml from components.settings.CONFIG_KEYS.
+
+    python tools/sync_pulumi_yaml.py
+
+CONFIG_KEYS is the source of truth; tests/test_components.py fails when Pulumi.yaml drifts from it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from components.settings import CONFIG_KEYS  # noqa: E402
+
+
+def config_block() -> dict[str, Any]:
+    block: dict[str, Any] = {}
+    for key in CONFIG_KEYS:
+        spec: dict[str, Any] = {"type": key.type, "description": key.description}
+        if key.secret:
+            spec["secret"] = True
+        if key.default is not None or key.secret:
+            default = key.default or ""
+            spec["default"] = int(default) if key.type == "integer" else (default == "true") \
+                if key.type == "boolean" else default
+        block[key.name] = spec
+    return block
+
+
+def main() -> None:
+    path = ROOT / "Pulumi.yaml"
+    head = path.read_text().split("\nconfig:\n")[0]
+    body = yaml.safe_dump({"config": config_block()}, sort_keys=False, width=120)
+    path.write_text(head.rstrip("\n") + "\n" + body)
+
+
+if __name__ == "__main__":
+    main()
