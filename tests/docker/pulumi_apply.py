@@ -26,7 +26,7 @@ from tests.pulumi_mocks import ROOT, Recording, Resource, plain
 
 DOCKER_SOCK = "/var/run/docker.sock"
 KNOWN: dict[str, set[str]] = {
-    "random:index/randomPassword:RandomPassword": {"length", "special"},
+    "random:index/randomPassword:RandomPassword": {"length", "special", "keepers"},
     "docker:index/network:Network": {"name", "driver", "labels"},
     "docker:index/volume:Volume": {"name", "labels"},
     "docker:index/remoteImage:RemoteImage": {"name", "keepLocally"},
@@ -42,7 +42,7 @@ NESTED: dict[str, set[str]] = {
     "healthcheck": {"tests", "interval", "timeout", "retries", "startPeriod", "startInterval"},
     "ports": {"internal", "external", "ip", "protocol"},
     "networksAdvanced": {"name", "aliases"},
-    "volumes": {"volumeName", "containerPath"},
+    "volumes": {"volumeName", "containerPath", "readOnly"},
     "uploads": {"file", "content", "owner", "group", "permissions"},
     "labels": {"label", "value"},
 }
@@ -116,8 +116,9 @@ class Applied:
 
     def destroy(self) -> None:
         for name, grace in reversed(self.containers):
-            engine("POST", f"/containers/{name}/stop?t={grace}", timeout=grace + 30)
-            engine("DELETE", f"/containers/{name}?force=true&v=true")
+            if grace:
+                engine("POST", f"/containers/{name}/stop?t={grace}", timeout=grace + 30)
+            engine("DELETE", f"/containers/{name}?force=true")
         for net in self.networks:
             engine("DELETE", f"/networks/{net}")
         for vol in self.volumes:
@@ -192,7 +193,8 @@ def _container(i: dict[str, Any], applied: Applied) -> None:
             },
             "RestartPolicy": {"Name": i.get("restart", "no")},
             "LogConfig": {"Type": i.get("logDriver", "json-file"), "Config": i.get("logOpts", {})},
-            "Binds": [f"{v['volumeName']}:{v['containerPath']}" for v in i.get("volumes", [])],
+            "Binds": [f"{v['volumeName']}:{v['containerPath']}" + (":ro" if v.get("readOnly") else "")
+                      for v in i.get("volumes", [])],
             "NetworkMode": nets[0]["name"],
         },
         "NetworkingConfig": {"EndpointsConfig": {nets[0]["name"]: {"Aliases": nets[0].get("aliases", [])}}},
@@ -241,45 +243,77 @@ def _container(i: dict[str, Any], applied: Applied) -> None:
     applied.timings[name] = time.monotonic() - started
 
 
+def _remove_container(applied: Applied, name: str) -> None:
+    """Delete as the provider does: stop with the grace period when one is set, then remove."""
+    grace = dict(applied.containers).get(name, 0)
+    if grace:
+        engine("POST", f"/containers/{name}/stop?t={grace}", timeout=grace + 30)
+    status, body = engine("DELETE", f"/containers/{name}?force=true")
+    assert status in (204, 404), f"remove {name}: {status} {body}"
+    applied.containers = [(n, g) for n, g in applied.containers if n != name]
+
+
+def update(applied: Applied, before: Recording, after: Recording, ca_bundle: Path | None = None) -> list[str]:
+    """`pulumi up` from `before` to `after`: replace each resource whose inputs changed (containers
+    delete-before-replace, as the program asks), in dependency order. Returns the replaced names."""
+    old = {r.name: json.dumps(plain(r.inputs), sort_keys=True) for r in before.resources if r.custom}
+    replaced = []
+    for r in _order(after):
+        if old.get(r.name) == json.dumps(plain(r.inputs), sort_keys=True):
+            continue
+        assert r.type in ("random:index/randomPassword:RandomPassword", "docker:index/container:Container"), (
+            f"harness does not update {r.type} ({r.name})")
+        assert r.delete_before_replace or r.type != "docker:index/container:Container"
+        if r.type == "docker:index/container:Container":
+            _remove_container(applied, applied.resolve(r.inputs)["name"])
+        _create(r, applied, ca_bundle)
+        replaced.append(r.name)
+    return replaced
+
+
+def _create(r: Resource, applied: Applied, ca_bundle: Path | None) -> None:
+    _check_known(r)
+    i = applied.resolve(r.inputs)
+    alphabet = string.ascii_letters + string.digits
+    if r.type == "random:index/randomPassword:RandomPassword":
+        assert i["special"] is False
+        value = "".join(secrets.choice(alphabet) for _ in range(int(i["length"])))
+        applied.real[plain(r.state["result"])] = value
+        applied.passwords[r.name] = value
+    elif r.type == "docker:index/network:Network":
+        labels = [f"--label={lab['label']}={lab['value']}" for lab in i.get("labels", [])]
+        sh("docker", "network", "create", "--driver", i["driver"], *labels, i["name"])
+        applied.networks.append(i["name"])
+    elif r.type == "docker:index/volume:Volume":
+        labels = [f"--label={lab['label']}={lab['value']}" for lab in i.get("labels", [])]
+        sh("docker", "volume", "create", *labels, i["name"])
+        applied.volumes.append(i["name"])
+    elif r.type == "docker:index/remoteImage:RemoteImage":
+        if sh("docker", "image", "inspect", i["name"], check=False).returncode != 0:
+            sh("docker", "pull", i["name"], timeout=600)
+        image_id = sh("docker", "image", "inspect", "-f", "{{.Id}}", i["name"]).stdout.strip()
+        applied.real[r.state["imageId"]] = image_id
+    elif r.type == "docker:index/image:Image":
+        assert i["skipPush"] is True, "harness builds local images only"
+        b = i["build"]
+        assert b.get("builderVersion") == "BuilderBuildKit"
+        args = [f"--build-arg={k}={v}" for k, v in sorted(b.get("args", {}).items())]
+        extra = ["--secret", f"id=ca,src={ca_bundle}"] if ca_bundle else []
+        started = time.monotonic()
+        sh("docker", "buildx", "build", "--load", *args, *extra, "-t", i["imageName"],
+           "-f", str(ROOT / b["dockerfile"]), str(ROOT / b["context"]), timeout=900)
+        applied.timings["image build"] = time.monotonic() - started
+        image_id = sh("docker", "image", "inspect", "-f", "{{.Id}}", i["imageName"]).stdout.strip()
+        applied.real[r.state["repoDigest"]] = image_id
+    elif r.type == "docker:index/container:Container":
+        _container(i, applied)
+
+
 def apply(rec: Recording, ca_bundle: Path | None = None) -> Applied:
     applied = Applied()
-    alphabet = string.ascii_letters + string.digits
     try:
         for r in _order(rec):
-            _check_known(r)
-            i = applied.resolve(r.inputs)
-            if r.type == "random:index/randomPassword:RandomPassword":
-                assert i["special"] is False
-                value = "".join(secrets.choice(alphabet) for _ in range(int(i["length"])))
-                applied.real[plain(r.state["result"])] = value
-                applied.passwords[r.name] = value
-            elif r.type == "docker:index/network:Network":
-                labels = [f"--label={lab['label']}={lab['value']}" for lab in i.get("labels", [])]
-                sh("docker", "network", "create", "--driver", i["driver"], *labels, i["name"])
-                applied.networks.append(i["name"])
-            elif r.type == "docker:index/volume:Volume":
-                labels = [f"--label={lab['label']}={lab['value']}" for lab in i.get("labels", [])]
-                sh("docker", "volume", "create", *labels, i["name"])
-                applied.volumes.append(i["name"])
-            elif r.type == "docker:index/remoteImage:RemoteImage":
-                if sh("docker", "image", "inspect", i["name"], check=False).returncode != 0:
-                    sh("docker", "pull", i["name"], timeout=600)
-                image_id = sh("docker", "image", "inspect", "-f", "{{.Id}}", i["name"]).stdout.strip()
-                applied.real[r.state["imageId"]] = image_id
-            elif r.type == "docker:index/image:Image":
-                assert i["skipPush"] is True, "harness builds local images only"
-                b = i["build"]
-                assert b.get("builderVersion") == "BuilderBuildKit"
-                args = [f"--build-arg={k}={v}" for k, v in sorted(b.get("args", {}).items())]
-                extra = ["--secret", f"id=ca,src={ca_bundle}"] if ca_bundle else []
-                started = time.monotonic()
-                sh("docker", "buildx", "build", "--load", *args, *extra, "-t", i["imageName"],
-                   "-f", str(ROOT / b["dockerfile"]), str(ROOT / b["context"]), timeout=900)
-                applied.timings["image build"] = time.monotonic() - started
-                image_id = sh("docker", "image", "inspect", "-f", "{{.Id}}", i["imageName"]).stdout.strip()
-                applied.real[r.state["repoDigest"]] = image_id
-            elif r.type == "docker:index/container:Container":
-                _container(i, applied)
+            _create(r, applied, ca_bundle)
     except BaseException:
         applied.destroy()
         raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -81,3 +82,41 @@ def remove_containers(prefix: str) -> None:
     names = sh("docker", "ps", "-aq", "--filter", f"name=^{prefix}", check=False).stdout.split()
     if names:
         sh("docker", "rm", "-f", *names, check=False, timeout=120)
+
+
+class RequestLoop:
+    """Bounded load on loopback: GETs the URLs in turn until stopped, at most `max_requests` requests or
+    `max_seconds` seconds, whichever comes first. Records every non-200 answer."""
+
+    def __init__(self, urls: list[str], max_requests: int = 20000, max_seconds: float = 180,
+                 pause_s: float = 0.01) -> None:
+        self.urls, self.max_requests, self.max_seconds, self.pause_s = urls, max_requests, max_seconds, pause_s
+        self.count = 0
+        self.failures: list[tuple[float, str, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.started = 0.0
+
+    def _run(self) -> None:
+        self.started = time.monotonic()
+        while not self._stop.is_set() and self.count < self.max_requests:
+            if time.monotonic() - self.started > self.max_seconds:
+                break
+            url = self.urls[self.count % len(self.urls)]
+            status, _ = http("GET", url, timeout_s=5)
+            self.count += 1
+            if status != 200:
+                self.failures.append((time.monotonic() - self.started, url, status))
+            time.sleep(self.pause_s)
+
+    def __enter__(self) -> RequestLoop:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def outage_s(self) -> float:
+        """Seconds from the first to the last failed request (0 when none failed)."""
+        return self.failures[-1][0] - self.failures[0][0] if self.failures else 0.0

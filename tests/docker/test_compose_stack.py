@@ -16,7 +16,16 @@ import pytest
 from components import compose
 from components.settings import StackSettings
 from tests.docker.conftest import ca_bundle
-from tests.docker.support import health, http, inspect, remove_containers, sh, wait_for, wait_healthy
+from tests.docker.support import (
+    RequestLoop,
+    health,
+    http,
+    inspect,
+    remove_containers,
+    sh,
+    wait_for,
+    wait_healthy,
+)
 
 pytestmark = pytest.mark.docker
 ROWS = [{"symbol": "ACME", "day": f"2024-01-{d:02d}", "close": f"{100 + d}.25"} for d in range(1, 11)]
@@ -40,6 +49,12 @@ class Stack:
         return (self.out / "secrets" / name).read_text()
 
 
+def open_credentials(stack: Stack) -> list[str]:
+    """The app's current (user, password), as the provisioning job wrote them for the app."""
+    out = sh("docker", "exec", stack.names["api"], "cat", "/run/app-credentials/db").stdout
+    return out.splitlines()
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, base_images: dict[str, str],
           dev_settings: StackSettings) -> Iterator[Stack]:
@@ -48,7 +63,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, base_images: dict[str, str],
                                                                 "admin_password"]
     st = Stack(out, dev_settings)
     remove_containers(dev_settings.prefix + "-")
-    sh("docker", "volume", "rm", "-f", dev_settings.volume_name, check=False)
+    for volume in dev_settings.volumes.values():
+        sh("docker", "volume", "rm", "-f", volume, check=False)
     st.compose("build")
     yield st
     sh("docker", "compose", "-f", st.file, "down", "--volumes", "--timeout", "20", check=False, timeout=180)
@@ -107,14 +123,52 @@ def test_postgres_crash_is_survived_without_app_restart(stack: Stack, up: float)
     assert health(stack.names["postgres"]) == "healthy"
 
 
-def test_wrong_password_refused_right_one_accepted(stack: Stack, up: float) -> None:
+def test_app_role_rotation_drops_no_request(stack: Stack, up: float) -> None:
+    old_password = stack.secret("app_db_password")
+    api_started = inspect(stack.names["api"])["State"]["StartedAt"]
+    urls = [stack.url("api", "/health"), stack.url("api", "/prices?symbol=ACME")]
+    with RequestLoop(urls) as loop:
+        assert compose.main(["--stack", "dev", "--out", str(stack.out), "--rotate", "app_db_password"]) == 0
+        stack.compose("up", "-d")
+        time.sleep(2)
+    print(f"compose app-role rotation: {loop.count} requests, {len(loop.failures)} failed")
+    assert loop.failures == [] and loop.count >= 50
+    assert inspect(stack.names["api"])["State"]["StartedAt"] == api_started
+    new_password = stack.secret("app_db_password")
+    assert new_password != old_password
+    port = stack.s.postgres.ports[0]
+    dsn = f"host={port.host_ip} port={port.host_port} dbname={stack.s.db_name} connect_timeout=5"
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(dsn, user=stack.s.db_app_user, password=old_password).close()
+    with psycopg.connect(dsn, user=f"{stack.s.db_app_user}_b", password=new_password) as conn:
+        assert conn.execute("SELECT count(*) FROM stock_prices").fetchone() == (len(ROWS),)
+
+
+def test_superuser_rotation_needs_no_restart(stack: Stack, up: float) -> None:
+    old_password = stack.secret("postgres_password")
+    pg_started = inspect(stack.names["postgres"])["State"]["StartedAt"]
+    assert compose.main(["--stack", "dev", "--out", str(stack.out), "--rotate", "postgres_password"]) == 0
+    stack.compose("up", "-d")
+    assert inspect(stack.names["db-provision"])["State"]["ExitCode"] == 0
+    assert inspect(stack.names["postgres"])["State"]["StartedAt"] == pg_started
     port = stack.s.postgres.ports[0]
     dsn = f"host={port.host_ip} port={port.host_port} dbname={stack.s.db_name} connect_timeout=5"
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
-        psycopg.connect(dsn, user=stack.s.db_app_user, password="wrong-password").close()
+        psycopg.connect(dsn, user=stack.s.db_superuser, password=old_password).close()
+    with psycopg.connect(dsn, user=stack.s.db_superuser, password=stack.secret("postgres_password")) as conn:
+        assert conn.execute("SELECT count(*) FROM stock_prices").fetchone() == (len(ROWS),)
+    assert http("GET", stack.url("api", "/health"))[0] == 200
+
+
+def test_wrong_password_refused_right_one_accepted(stack: Stack, up: float) -> None:
+    port = stack.s.postgres.ports[0]
+    dsn = f"host={port.host_ip} port={port.host_port} dbname={stack.s.db_name} connect_timeout=5"
+    user = open_credentials(stack)[0]  # the app's active role
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(dsn, user=user, password="wrong-password").close()
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(dsn, user=stack.s.db_superuser, password="wrong-password").close()
-    with psycopg.connect(dsn, user=stack.s.db_app_user, password=stack.secret("app_db_password")) as conn:
+    with psycopg.connect(dsn, user=user, password=stack.secret("app_db_password")) as conn:
         assert conn.execute("SELECT count(*) FROM stock_prices").fetchone() is not None
         # Least privilege: the app role cannot change the schema.
         with pytest.raises(psycopg.errors.InsufficientPrivilege):

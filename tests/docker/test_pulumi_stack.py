@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
+from typing import Any
 
+import psycopg
 import pytest
 
 from components.settings import StackSettings
 from tests.docker.conftest import ca_bundle
-from tests.docker.pulumi_apply import Applied, apply
-from tests.docker.support import http, inspect, remove_containers, sh
-from tests.pulumi_mocks import Recording, plain, run_program
+from tests.docker.pulumi_apply import Applied, apply, update
+from tests.docker.support import RequestLoop, http, inspect, remove_containers, sh, wait_for
+from tests.pulumi_mocks import PROJECT, Recording, committed_config, plain, run_program
 
 pytestmark = pytest.mark.docker
 
@@ -26,7 +29,8 @@ def recording() -> Recording:
 @pytest.fixture(scope="module")
 def applied(recording: Recording, base_images: dict[str, str], dev_settings: StackSettings) -> Iterator[Applied]:
     remove_containers(dev_settings.prefix + "-")
-    sh("docker", "volume", "rm", "-f", dev_settings.volume_name, check=False)
+    for volume in dev_settings.volumes.values():
+        sh("docker", "volume", "rm", "-f", volume, check=False)
     sh("docker", "network", "rm", dev_settings.network_name, check=False)
     result = apply(recording, ca_bundle())
     yield result
@@ -53,8 +57,18 @@ def test_ports_bind_the_configured_interfaces(applied: Applied, recording: Recor
 
 
 def test_secret_files_are_private_to_their_reader(applied: Applied) -> None:
-    out = sh("docker", "exec", "stock-analyzer-dev-api", "stat", "-c", "%u %a", "/run/secrets/app_db_password")
-    assert out.stdout.split() == ["10001", "400"]
+    for container, path in (("stock-analyzer-dev-api", "/run/app-credentials/db"),
+                            ("stock-analyzer-dev-admin", "/run/app-credentials/db"),
+                            ("stock-analyzer-dev-admin", "/run/secrets/admin_password")):
+        out = sh("docker", "exec", container, "stat", "-c", "%u %a", path)
+        assert out.stdout.split() == ["10001", "400"], (container, path)
+    # The app mounts only the credential volume, read-only: never the job's state or the superuser secret.
+    for container in ("stock-analyzer-dev-api", "stock-analyzer-dev-admin"):
+        mounts = inspect(container)["Mounts"]
+        assert [(m["Name"], m["Destination"], m["RW"]) for m in mounts] == [
+            ("stock-analyzer-dev_app_credentials", "/run/app-credentials", False)]
+        assert sh("docker", "exec", container, "test", "-e", "/run/secrets/postgres_password",
+                  check=False).returncode == 1
     env = inspect("stock-analyzer-dev-api")["Config"]["Env"]
     assert not any(v in e for e in env for v in applied.passwords.values())
 
@@ -74,3 +88,110 @@ def test_scenario_health_frontend_admin_and_rows(applied: Applied, recording: Re
     assert http("GET", _url(recording, "admin_url", "/"))[0] == 401
     status, body = http("GET", _url(recording, "admin_url", "/"), headers={"Authorization": f"Basic {auth}"})
     assert status == 200 and b"2 price rows" in body
+
+
+# Rotation (issue #4), on the stack applied above: each test moves the deployment one step further.
+ROTATION_ROWS = [{"symbol": "ROTA", "day": f"2024-03-{d:02d}", "close": f"{d}.5"} for d in range(1, 21)]
+
+
+@pytest.fixture(scope="module")
+def deployed(recording: Recording) -> dict[str, Any]:
+    """The recording (and config) currently applied to the engine."""
+    return {"rec": recording, "cfg": committed_config("dev")}
+
+
+def _rotate(applied: Applied, deployed: dict[str, Any], key: str) -> tuple[list[str], Recording]:
+    cfg = dict(deployed["cfg"])
+    cfg[f"{PROJECT}:{key}"] = str(int(cfg.get(f"{PROJECT}:{key}", "1")) + 1)
+    after = run_program("dev", cfg)
+    replaced = update(applied, deployed["rec"], after, ca_bundle())
+    deployed.update(rec=after, cfg=cfg)
+    return replaced, after
+
+
+def _dsn(s: StackSettings) -> str:
+    port = s.postgres.ports[0]
+    return f"host={port.host_ip} port={port.host_port} dbname={s.db_name} connect_timeout=5"
+
+
+def _rows(recording: Recording) -> list[dict[str, str]]:
+    status, body = http("GET", _url(recording, "api_url", "/prices?symbol=ROTA"))
+    assert status == 200
+    rows: list[dict[str, str]] = json.loads(body)
+    return rows
+
+
+def test_app_role_rotation_drops_no_request(applied: Applied, deployed: dict[str, Any],
+                                            dev_settings: StackSettings) -> None:
+    rec = deployed["rec"]
+    assert http("POST", _url(rec, "api_url", "/prices"), ROTATION_ROWS)[0] == 201
+    old_password = applied.passwords["credentials-app-db-password"]
+    started = {c: inspect(c)["State"]["StartedAt"] for c in ("stock-analyzer-dev-postgres", "stock-analyzer-dev-api")}
+    with RequestLoop([_url(rec, "api_url", "/health"), _url(rec, "api_url", "/prices?symbol=ROTA")]) as loop:
+        replaced, after = _rotate(applied, deployed, "appDbPasswordVersion")
+        time.sleep(2)
+    print(f"app-role rotation: {loop.count} requests, {len(loop.failures)} failed")
+    assert sorted(replaced) == ["credentials-app-db-password", "database-provision"]
+    assert loop.failures == [] and loop.count >= 50
+    assert {c: inspect(c)["State"]["StartedAt"] for c in started} == started, "no restart of Postgres or the API"
+    assert len(_rows(after)) == len(ROTATION_ROWS)
+    new_password = applied.passwords["credentials-app-db-password"]
+    assert new_password != old_password
+    logs = sh("docker", "logs", "stock-analyzer-dev-db-provision").stdout
+    assert f"moves from {dev_settings.db_app_user} to {dev_settings.db_app_user}_b" in logs
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(_dsn(dev_settings), user=dev_settings.db_app_user, password=old_password).close()
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(_dsn(dev_settings), user=f"{dev_settings.db_app_user}_b", password=old_password).close()
+    with psycopg.connect(_dsn(dev_settings), user=f"{dev_settings.db_app_user}_b", password=new_password) as conn:
+        assert conn.execute("SELECT count(*) FROM stock_prices WHERE symbol = 'ROTA'").fetchone() == (20,)
+
+
+def test_app_role_rotates_back_to_the_first_role(applied: Applied, deployed: dict[str, Any],
+                                                 dev_settings: StackSettings) -> None:
+    rec = deployed["rec"]
+    with RequestLoop([_url(rec, "api_url", "/prices?symbol=ROTA")]) as loop:
+        _rotate(applied, deployed, "appDbPasswordVersion")
+        time.sleep(1)
+    print(f"second app-role rotation: {loop.count} requests, {len(loop.failures)} failed")
+    assert loop.failures == []
+    new_password = applied.passwords["credentials-app-db-password"]
+    with psycopg.connect(_dsn(dev_settings), user=dev_settings.db_app_user, password=new_password) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    with pytest.raises(psycopg.OperationalError, match=r"not permitted to log in|password authentication"):
+        psycopg.connect(_dsn(dev_settings), user=f"{dev_settings.db_app_user}_b", password=new_password).close()
+
+
+def test_superuser_rotation(applied: Applied, deployed: dict[str, Any], dev_settings: StackSettings) -> None:
+    rec = deployed["rec"]
+    old_password = applied.passwords["credentials-postgres-password"]
+    with RequestLoop([_url(rec, "api_url", "/health")]) as loop:
+        start = time.monotonic()
+        replaced, after = _rotate(applied, deployed, "postgresPasswordVersion")
+        took = time.monotonic() - start
+        wait_for("API healthy after the superuser rotation",
+                 lambda: http("GET", _url(after, "api_url", "/health"))[0] == 200, timeout_s=60)
+    print(f"superuser rotation: update {took:.1f} s; {loop.count} requests, {len(loop.failures)} failed "
+          f"over {loop.outage_s():.1f} s (Postgres restarts)")
+    assert sorted(replaced) == ["credentials-postgres-password", "database-provision", "database-server"]
+    assert len(_rows(after)) == len(ROTATION_ROWS)
+    new_password = applied.passwords["credentials-postgres-password"]
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(_dsn(dev_settings), user=dev_settings.db_superuser, password=old_password).close()
+    with psycopg.connect(_dsn(dev_settings), user=dev_settings.db_superuser, password=new_password) as conn:
+        assert conn.execute("SELECT count(*) FROM stock_prices").fetchone() is not None
+    assert "superuser password rotated" in sh("docker", "logs", "stock-analyzer-dev-db-provision").stdout
+
+
+def test_admin_rotation(applied: Applied, deployed: dict[str, Any]) -> None:
+    old_password = applied.passwords["credentials-admin-password"]
+    replaced, after = _rotate(applied, deployed, "adminPasswordVersion")
+    assert sorted(replaced) == ["app-admin", "credentials-admin-password"]
+    user = plain(after.outputs["admin_user"])
+
+    def basic(password: str) -> dict[str, str]:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+    assert http("GET", _url(after, "admin_url", "/"), headers=basic(old_password))[0] == 401
+    assert http("GET", _url(after, "admin_url", "/"),
+                headers=basic(applied.passwords["credentials-admin-password"]))[0] == 200
