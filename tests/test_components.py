@@ -90,3 +90,9 @@ def test_stack_files_use_only_known_keys() -> None:
         config = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
         for key in config:
             assert key.split(":", 1)[1] in {k.name for k in CONFIG_KEYS}, key
+
+
+def test_readme_config_table_lists_every_key() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for key in CONFIG_KEYS:
+        assert f"| `{key.name}` |" in readme, f"README config reference lacks {key.name}"
