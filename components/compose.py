@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from components.containers import SECURITY_OPTS, spec_labels
 from components.settings import SECRETS, ConfigError, ContainerSpec, Healthcheck, SecretSpec, StackSettings
 from components.stack_config import PROJECT_DIR, settings_from_file
 
@@ -74,7 +75,15 @@ def _service(spec: ContainerSpec, s: StackSettings, image: str, build: dict[str,
         svc["healthcheck"] = _healthcheck(spec.healthcheck)
     if depends_on:
         svc["depends_on"] = depends_on
-    svc["restart"] = spec.restart
+    svc["restart"] = f"on-failure:{spec.max_retries}" if spec.max_retries else spec.restart
+    svc["cap_drop"] = ["ALL"]
+    if spec.cap_add:
+        svc["cap_add"] = list(spec.cap_add)
+    svc["security_opt"] = list(SECURITY_OPTS)
+    svc["read_only"] = spec.read_only
+    if spec.tmpfs:
+        svc["tmpfs"] = [f"{path}:{opts}" for path, opts in spec.tmpfs]
+    svc["pids_limit"] = spec.pids_limit
     if spec.stop_signal:
         svc["stop_signal"] = spec.stop_signal
     if spec.stop_grace_s:
@@ -82,8 +91,7 @@ def _service(spec: ContainerSpec, s: StackSettings, image: str, build: dict[str,
     if spec.memory_mb:
         svc["mem_limit"] = f"{spec.memory_mb}m"
     svc["logging"] = {"driver": "json-file", "options": s.log_opts}
-    labels = {"stock-analyzer.service": spec.service, "stock-analyzer.stack": s.stack}
-    svc["labels"] = labels
+    svc["labels"] = spec_labels(spec, s)
     return svc
 
 

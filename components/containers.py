@@ -10,6 +10,20 @@ import pulumi_docker as docker
 
 from components.settings import ContainerSpec, StackSettings
 
+SECURITY_OPTS = ("no-new-privileges:true",)
+
+
+def spec_labels(spec: ContainerSpec, settings: StackSettings) -> dict[str, str]:
+    """Labels both outputs carry; the policy pack reads role, environment and reviewed exceptions."""
+    return {
+        "stock-analyzer.environment": settings.environment,
+        "stock-analyzer.role": spec.role,
+        "stock-analyzer.service": spec.service,
+        "stock-analyzer.stack": settings.stack,
+        **{f"stock-analyzer.policy-exception.{policy}": reason for policy, reason in spec.policy_exceptions},
+    }
+
+
 # How long `pulumi up` waits for a container to report healthy before failing the update.
 WAIT_TIMEOUT_S = 120
 
@@ -48,12 +62,8 @@ def container_args(
     labels: Mapping[str, pulumi.Input[str]] | None = None,
 ) -> docker.ContainerArgs:
     hc = spec.healthcheck
-    all_labels: dict[str, pulumi.Input[str]] = {
-        "stock-analyzer.service": spec.service,
-        "stock-analyzer.stack": settings.stack,
-        **(labels or {}),
-    }
-    one_shot = spec.restart == "no" and hc is None
+    all_labels: dict[str, pulumi.Input[str]] = {**spec_labels(spec, settings), **(labels or {})}
+    one_shot = spec.role == "job"
     return docker.ContainerArgs(
         name=spec.container_name,
         image=image,
@@ -92,6 +102,11 @@ def container_args(
         attach=one_shot or None,
         logs=one_shot or None,
         restart=spec.restart,
+        max_retry_count=spec.max_retries,
+        capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"], adds=list(spec.cap_add) or None),
+        security_opts=list(SECURITY_OPTS),
+        read_only=spec.read_only,
+        tmpfs=dict(spec.tmpfs) or None,
         stop_signal=spec.stop_signal,
         stop_timeout=spec.stop_grace_s,
         destroy_grace_seconds=spec.stop_grace_s,

@@ -44,7 +44,8 @@ class Database(pulumi.ComponentResource):
             logical: docker.Volume(
                 f"{name}-{_VOLUME_ROLES[logical]}",
                 name=engine_name,
-                labels=[docker.VolumeLabelArgs(label="stock-analyzer.stack", value=s.stack)],
+                labels=[docker.VolumeLabelArgs(label="stock-analyzer.environment", value=s.environment),
+                        docker.VolumeLabelArgs(label="stock-analyzer.stack", value=s.stack)],
                 # retain_on_delete keeps the data if the volume resource is ever deleted from the program;
                 # protect makes `pulumi destroy` refuse in the first place. The provisioning state (the
                 # previous superuser password) is protected with the data it unlocks.

@@ -17,7 +17,8 @@ from typing import TypeVar
 
 PROJECT = "stock-analyzer"
 ENVIRONMENTS = ("dev", "prod")
-RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
+# Long-running services must come back; "no" is for one-shot jobs only.
+SERVICE_RESTART_POLICIES = ("unless-stopped", "always", "on-failure")
 
 # Postgres majors whose data directory layout matches the legacy volume path
 # (/var/lib/postgresql/data); 18+ moved PGDATA, 13 and older are end of life.
@@ -36,6 +37,8 @@ PROVISION_MEMORY_MB = 128
 APP_CREDENTIALS_DIR = "/run/app-credentials"
 APP_CREDENTIALS_FILE = f"{APP_CREDENTIALS_DIR}/db"
 PROVISION_STATE_DIR = "/var/lib/provision"
+TMPFS_OPTS = "rw,noexec,nosuid,nodev,size=16m"
+TMP_DIR = "/tmp"  # noqa: S108 (a private tmpfs inside the container, not the host's /tmp)
 # Logical volume names (compose keys); the engine names are per stack, see StackSettings.volumes.
 VOL_DATA, VOL_APP_CREDENTIALS, VOL_PROVISION_STATE = "postgres_data", "app_credentials", "provision_state"
 
@@ -119,6 +122,16 @@ class ContainerSpec:
     stop_signal: str | None = None
     stop_grace_s: int | None = None
     mounts: tuple[VolumeMount, ...] = ()
+    # Hardening (CIS Docker Benchmark 5.x): every capability dropped, these added back; no privilege
+    # gain through setuid binaries; read-only root filesystem with tmpfs where the process writes.
+    cap_add: tuple[str, ...] = ()
+    read_only: bool = True
+    tmpfs: tuple[tuple[str, str], ...] = ((TMP_DIR, TMPFS_OPTS),)
+    pids_limit: int = 256
+    max_retries: int | None = None  # with restart "on-failure"
+    role: str = "service"  # "service" (long-running) or "job" (one-shot)
+    # Reviewed exceptions to the policy pack: policy name -> reason (become labels the policies read).
+    policy_exceptions: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -156,6 +169,7 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("logMaxSize", "string", "json-file log rotation: size of one log file, e.g. 10m.", "10m"),
     ConfigKey("logMaxFile", "integer", "json-file log rotation: files kept per container.", "3"),
     ConfigKey("restartPolicy", "string", "Restart policy of long-running containers.", "unless-stopped"),
+    ConfigKey("restartMaxRetries", "integer", "Restart attempts when restartPolicy is on-failure.", "5"),
     ConfigKey("protectData", "boolean", "Protect the data volume from deletion (required in prod).", "false"),
     ConfigKey("adminUser", "string", "Admin UI user name.", "admin"),
     *(ConfigKey(s.config_key, "string", f"Optional own {s.description}; generated when unset.", None, secret=True)
@@ -354,7 +368,8 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         raise _fail("dbAppUser", app_user, f"a role other than the superuser '{superuser}'")
     if len(app_user) > 60:  # room for the _b (second login role) and _rw (group) suffixes
         raise _fail("dbAppUser", app_user, "at most 60 characters")
-    restart = r.choice("restartPolicy", RESTART_POLICIES)
+    restart = r.choice("restartPolicy", SERVICE_RESTART_POLICIES)
+    max_retries = r.integer("restartMaxRetries", 1, 100) if restart == "on-failure" else None
     admin_user = r.parsed("adminUser", lambda v: v if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v) else _raise(),
                           "1-64 characters from A-Z a-z 0-9 _ . -")
     app_repo = r.parsed("appImageName", lambda v: v if _REPO.match(v) else _raise(),
@@ -415,6 +430,13 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         ),
         memory_mb=memory["postgres"],
         restart=restart,
+        max_retries=max_retries,
+        # The official entrypoint runs unprivileged when started as the postgres uid; the data volume
+        # takes the ownership of the image's (postgres-owned) PGDATA on first use.
+        user=f"{POSTGRES_UID}:{POSTGRES_UID}",
+        tmpfs=((TMP_DIR, TMPFS_OPTS),
+               ("/var/run/postgresql",
+                f"rw,noexec,nosuid,nodev,size=1m,uid={POSTGRES_UID},gid={POSTGRES_UID},mode=0775")),
         aliases=(DB_ALIAS,),
         # Fast shutdown (roll back, checkpoint) with time to finish: without a grace period the provider
         # kills Postgres outright on replacement, forcing crash recovery on the next start.
@@ -440,12 +462,17 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
             "PROVISION_STATE_DIR": PROVISION_STATE_DIR,
         }.items())),
         secrets=(SecretMount(SECRET_POSTGRES, 0), SecretMount(SECRET_APP_DB, 0)),
+        pids_limit=64,
         ports=(),
         healthcheck=None,
         memory_mb=PROVISION_MEMORY_MB,
         restart="no",
-        # root: it hands the credential file to the app's uid (chown) and keeps private state.
+        # root, with CHOWN as its only capability: it hands the credential file to the app's uid.
         user="0",
+        cap_add=("CHOWN",),
+        role="job",
+        policy_exceptions=(("prod-limits-and-non-root", "one-shot job: chowns the app's credential file to "
+                            "the app uid; all capabilities but CHOWN dropped, read-only root, no-new-privileges"),),
         uploads=(("/provision/provision.sh", PROVISION_SCRIPT), ("/provision/provision.sql", PROVISION_SQL)),
         mounts=(VolumeMount(VOL_APP_CREDENTIALS, APP_CREDENTIALS_DIR),
                 VolumeMount(VOL_PROVISION_STATE, PROVISION_STATE_DIR)),
@@ -453,14 +480,14 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
     app_db_env = (*db_env, ("DB_CREDENTIALS_FILE", APP_CREDENTIALS_FILE))
     apps = (
         _app_spec(prefix, "api", app_ports["api"], (*env_common, *app_db_env), (),
-                  bindings["api"], memory["api"], restart),
+                  bindings["api"], memory["api"], restart, max_retries),
         _app_spec(prefix, "frontend", app_ports["frontend"],
                   (*env_common, ("API_URL", f"http://api:{app_ports['api']}")), (),
-                  bindings["frontend"], memory["frontend"], restart),
+                  bindings["frontend"], memory["frontend"], restart, max_retries),
         _app_spec(prefix, "admin", app_ports["admin"],
                   (*env_common, *app_db_env, ("ADMIN_USER", admin_user), ("ADMIN_PASSWORD_FILE", SECRET_ADMIN.path)),
                   (SecretMount(SECRET_ADMIN, APP_UID),),
-                  bindings["admin"], memory["admin"], restart),
+                  bindings["admin"], memory["admin"], restart, max_retries),
     )
     return StackSettings(
         project=project,
@@ -490,7 +517,7 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
 
 def _app_spec(prefix: str, service: str, port: int, env: tuple[tuple[str, str], ...],
               secrets: tuple[SecretMount, ...], binding: PortBinding, memory_mb: int | None,
-              restart: str) -> ContainerSpec:
+              restart: str, max_retries: int | None) -> ContainerSpec:
     return ContainerSpec(
         service=service,
         container_name=f"{prefix}-{service}",
@@ -501,6 +528,7 @@ def _app_spec(prefix: str, service: str, port: int, env: tuple[tuple[str, str], 
         healthcheck=_app_healthcheck(port),
         memory_mb=memory_mb,
         restart=restart,
+        max_retries=max_retries,
         user=f"{APP_UID}:{APP_UID}",
         aliases=(service,),
         mounts=(VolumeMount(VOL_APP_CREDENTIALS, APP_CREDENTIALS_DIR, read_only=True),)
@@ -548,14 +576,15 @@ fi
 cp "$POSTGRES_PASSWORD_FILE" "$state.tmp" && mv -f "$state.tmp" "$state"
 
 creds="$APP_CREDENTIALS_FILE"
+app_state="$PROVISION_STATE_DIR/app_credentials"
 slot_a="$APP_DB_USER"
 slot_b="${APP_DB_USER}_b"
 new_pw="$(cat "$APP_DB_PASSWORD_FILE")"
 old_user=""
 old_pw=""
-if [ -s "$creds" ]; then
-  old_user=$(sed -n 1p "$creds")
-  old_pw=$(sed -n 2p "$creds")
+if [ -s "$app_state" ]; then
+  old_user=$(sed -n 1p "$app_state")
+  old_pw=$(sed -n 2p "$app_state")
 fi
 if [ -z "$old_user" ]; then active="$slot_a"
 elif [ "$old_pw" = "$new_pw" ]; then active="$old_user"
@@ -567,7 +596,9 @@ if [ "$active" = "$slot_a" ]; then inactive="$slot_b"; else inactive="$slot_a"; 
 psql -X -q -v ON_ERROR_STOP=1 -v active="$active" -v inactive="$inactive" -v app_group="${APP_DB_USER}_rw" \\
   -f /provision/provision.sql
 
-printf '%s\\n%s\\n' "$active" "$new_pw" > "$creds.tmp"
+printf '%s\\n%s\\n' "$active" "$new_pw" > "$app_state.tmp"
+mv -f "$app_state.tmp" "$app_state"
+cp "$app_state" "$creds.tmp"
 chown "$APP_UID:$APP_UID" "$creds.tmp"
 chmod 0400 "$creds.tmp"
 mv -f "$creds.tmp" "$creds"

@@ -35,6 +35,7 @@ KNOWN: dict[str, set[str]] = {
         "name", "image", "entrypoints", "command", "envs", "user", "labels", "ports", "networksAdvanced",
         "volumes", "healthcheck", "wait", "waitTimeout", "mustRun", "attach", "logs", "restart", "memory",
         "logDriver", "logOpts", "stopSignal", "stopTimeout", "destroyGraceSeconds", "uploads",
+        "maxRetryCount", "capabilities", "securityOpts", "readOnly", "tmpfs",
     },
 }
 NESTED: dict[str, set[str]] = {
@@ -45,6 +46,7 @@ NESTED: dict[str, set[str]] = {
     "volumes": {"volumeName", "containerPath", "readOnly"},
     "uploads": {"file", "content", "owner", "group", "permissions"},
     "labels": {"label", "value"},
+    "capabilities": {"adds", "drops"},
 }
 
 
@@ -191,7 +193,12 @@ def _container(i: dict[str, Any], applied: Applied) -> None:
                     {"HostIp": p.get("ip", "0.0.0.0"), "HostPort": str(int(p["external"]))}]
                 for p in i.get("ports", [])
             },
-            "RestartPolicy": {"Name": i.get("restart", "no")},
+            "RestartPolicy": {"Name": i.get("restart", "no"), "MaximumRetryCount": int(i.get("maxRetryCount", 0))},
+            "CapDrop": i.get("capabilities", {}).get("drops", []),
+            "CapAdd": i.get("capabilities", {}).get("adds", []),
+            "SecurityOpt": i.get("securityOpts", []),
+            "ReadonlyRootfs": bool(i.get("readOnly", False)),
+            "Tmpfs": i.get("tmpfs", {}),
             "LogConfig": {"Type": i.get("logDriver", "json-file"), "Config": i.get("logOpts", {})},
             "Binds": [f"{v['volumeName']}:{v['containerPath']}" + (":ro" if v.get("readOnly") else "")
                       for v in i.get("volumes", [])],

@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 STANDIN_LABEL = "stock-analyzer.standin"
 # Bump when a recipe changes: a cached stand-in with another version is rebuilt.
-STANDIN_VERSION = "2"
+STANDIN_VERSIONS = {"postgres": "3", "python": "2"}
 
 
 def log(msg: str) -> None:
@@ -53,10 +53,10 @@ def _debootstrap(packages: list[str], root: Path) -> None:
                     _mirror()], check=True, capture_output=True, timeout=900)
 
 
-def _import(root: Path, name: str, changes: list[str]) -> None:
+def _import(root: Path, name: str, changes: list[str], version: str) -> None:
     tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
     args = ["docker", "import"]
-    for c in [*changes, f"LABEL {STANDIN_LABEL}={STANDIN_VERSION}"]:
+    for c in [*changes, f"LABEL {STANDIN_LABEL}={version}"]:
         args += ["--change", c]
     subprocess.run([*args, "-", name], stdin=tar.stdout, check=True, capture_output=True, timeout=600)
     tar.wait(timeout=60)
@@ -71,7 +71,9 @@ def _build_postgres(name: str, major: int) -> None:
             subprocess.run(["chroot", str(root), *cmd], check=True, capture_output=True)
         for d in ("var/lib/postgresql", f"etc/postgresql/{major}"):
             shutil.rmtree(root / d, ignore_errors=True)
-        (root / "var/lib/postgresql").mkdir(parents=True)
+        # As in the official image: PGDATA exists, owned by postgres, so a new volume mounted there takes
+        # that ownership and the server can run unprivileged from the start.
+        (root / "var/lib/postgresql/data").mkdir(parents=True, mode=0o700)
         subprocess.run(["chroot", str(root), "chown", "-R", "postgres:postgres", "/var/lib/postgresql"], check=True)
         shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
         entry = root / "usr/local/bin/docker-entrypoint.sh"
@@ -85,7 +87,7 @@ def _build_postgres(name: str, major: int) -> None:
             'ENTRYPOINT ["docker-entrypoint.sh"]',
             'CMD ["postgres"]',
             "EXPOSE 5432",
-        ])
+        ], STANDIN_VERSIONS["postgres"])
 
 
 def _build_python(name: str) -> None:
@@ -104,7 +106,11 @@ def _build_python(name: str) -> None:
             "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "ENV LANG=C.UTF-8",
             'CMD ["python3"]',
-        ])
+        ], STANDIN_VERSIONS["python"])
+
+
+def _recipe(name: str) -> str:
+    return name.split(":")[0].rsplit("/", 1)[-1]
 
 
 def ensure_image(name: str) -> str:
@@ -113,7 +119,7 @@ def ensure_image(name: str) -> str:
         labels = json.loads(docker("image", "inspect", "-f", "{{json .Config.Labels}}", name).stdout) or {}
         if STANDIN_LABEL not in labels:
             return "local"
-        if labels[STANDIN_LABEL] == STANDIN_VERSION:
+        if labels[STANDIN_LABEL] == STANDIN_VERSIONS.get(_recipe(name)):
             return "stand-in (cached)"
         log(f"stand-in {name} is from an older recipe: rebuilding")
         docker("image", "rm", "-f", name, check=False)
@@ -123,7 +129,7 @@ def ensure_image(name: str) -> str:
         return "pulled"
     log(f"registry unreachable for {name}: building a LOCAL STAND-IN from Debian trixie packages "
         f"(not the official image)")
-    repo = name.split(":")[0].rsplit("/", 1)[-1]
+    repo = _recipe(name)
     if repo == "postgres":
         tag = name.split(":")[1]
         _build_postgres(name, int(re.match(r"\d+", tag).group(0)))  # type: ignore[union-attr]

@@ -1,0 +1,151 @@
+"""The policy pack: each policy passes a compliant resource and fails a violating one; the program and
+the compose export comply with all of them."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import yaml
+from pulumi_policy import PolicyCustomTimeouts, PolicyResourceOptions, ResourceValidationArgs
+
+from components.compose import compose_text
+from components.stack_config import settings_from_file
+from policy.pack import POLICIES
+from policy.rules import check_compose
+from tests.pulumi_mocks import Recording, plain, run_program
+
+POLICY = {p.name: p for p in POLICIES}
+Props = dict[str, Any]
+
+
+def violations(policy: str, resource_type: str, props: Props, protect: bool = False, name: str = "r") -> list[str]:
+    opts = PolicyResourceOptions(protect, [], True, [], PolicyCustomTimeouts(0, 0, 0), [])
+    args = ResourceValidationArgs(resource_type, props, f"urn:pulumi:s::p::{resource_type}::{name}", name, opts, None)
+    found: list[str] = []
+    POLICY[policy].validate(args, _collector(found))
+    return found
+
+
+def _collector(found: list[str]) -> Callable[[str, str | None], None]:
+    def report(message: str, urn: str | None) -> None:
+        found.append(message)
+
+    return report
+
+
+@pytest.fixture(scope="module")
+def prod() -> Recording:
+    return run_program("prod")
+
+
+def _container(rec: Recording, service: str) -> Props:
+    return copy.deepcopy(plain(rec.containers()[service].inputs))
+
+
+def _set(props: Props, **changes: Any) -> Props:
+    out = copy.deepcopy(props)
+    for key, value in changes.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
+
+
+def _label(props: Props, label: str, value: str) -> Props:
+    out = copy.deepcopy(props)
+    out["labels"] = [*[x for x in out["labels"] if x["label"] != label], {"label": label, "value": value}]
+    return out
+
+
+CONTAINER = "docker:index/container:Container"
+CASES: list[tuple[str, str, Callable[[Props], Props]]] = [
+    # (policy, service of the compliant base, how to break it)
+    ("container-healthcheck-and-restart", "api", lambda p: _set(p, healthcheck=None)),
+    ("container-healthcheck-and-restart", "api", lambda p: _set(p, restart="no")),
+    ("container-healthcheck-and-restart", "db-provision", lambda p: _set(p, restart="always")),
+    ("no-plaintext-secret-env", "api", lambda p: _set(p, envs=[*p["envs"], "DB_PASSWORD=hunter2hunter2"])),
+    ("no-plaintext-secret-env", "admin", lambda p: _set(p, envs=[*p["envs"], "STRIPE_API_KEY=sk_live"])),
+    ("no-plaintext-secret-env", "postgres", lambda p: _set(p, envs=[*p["envs"], "POSTGRES_PASSWORD=x"])),
+    ("no-database-port-on-all-interfaces", "postgres",
+     lambda p: _set(p, ports=[{"internal": 5432, "external": 5446, "ip": "0.0.0.0", "protocol": "tcp"}])),
+    ("no-database-port-on-all-interfaces", "postgres",
+     lambda p: _set(p, ports=[{"internal": 5432, "external": 5446, "ip": "::", "protocol": "tcp"}])),
+    ("pinned-images", "postgres", lambda p: _set(p, image="postgres:latest")),
+    ("pinned-images", "api", lambda p: _set(p, image="stock-analyzer-app")),
+    ("prod-limits-and-non-root", "api", lambda p: _set(p, memory=None)),
+    ("prod-limits-and-non-root", "api", lambda p: _set(p, user="0")),
+    ("prod-limits-and-non-root", "postgres", lambda p: _set(p, user=None)),
+    ("container-hardening", "api", lambda p: _set(p, capabilities=None)),
+    ("container-hardening", "frontend", lambda p: _set(p, securityOpts=None)),
+    ("container-hardening", "admin", lambda p: _set(p, readOnly=False)),
+]
+
+
+@pytest.mark.parametrize(("policy", "service", "breaks"), CASES,
+                         ids=[f"{c[0]}-{c[1]}-{i}" for i, c in enumerate(CASES)])
+def test_container_policy_passes_compliant_and_fails_violating(prod: Recording, policy: str, service: str,
+                                                               breaks: Callable[[Props], Props]) -> None:
+    good = _container(prod, service)
+    assert violations(policy, CONTAINER, good) == []
+    found = violations(policy, CONTAINER, breaks(good))
+    assert found and all(f.startswith("r: ") for f in found)
+
+
+def test_prod_rules_apply_to_prod_only_and_honour_reviewed_exceptions(prod: Recording) -> None:
+    api = _set(_container(prod, "api"), memory=None)
+    assert violations("prod-limits-and-non-root", CONTAINER, api)
+    assert violations("prod-limits-and-non-root", CONTAINER, _label(api, "stock-analyzer.environment", "dev")) == []
+    excepted = _label(api, "stock-analyzer.policy-exception.prod-limits-and-non-root", "reviewed in PR #12")
+    assert violations("prod-limits-and-non-root", CONTAINER, excepted) == []
+    empty_reason = _label(api, "stock-analyzer.policy-exception.prod-limits-and-non-root", " ")
+    assert violations("prod-limits-and-non-root", CONTAINER, empty_reason)
+
+
+def test_pinned_image_references() -> None:
+    for ref in ("postgres:17.6-trixie", "postgres@sha256:" + "a" * 64, "registry.example:5000/team/app:1.2"):
+        assert violations("pinned-image-references", "docker:index/remoteImage:RemoteImage", {"name": ref}) == []
+    for ref in ("postgres", "postgres:latest"):
+        assert violations("pinned-image-references", "docker:index/remoteImage:RemoteImage", {"name": ref})
+    assert violations("pinned-image-references", "docker:index/image:Image", {"imageName": "app:latest"})
+    assert violations("pinned-image-references", "docker:index/image:Image", {"imageName": "app:dev"}) == []
+
+
+def test_prod_data_volumes_protected() -> None:
+    prod_volume = {"name": "v", "labels": [{"label": "stock-analyzer.environment", "value": "prod"}]}
+    dev_volume = {"name": "v", "labels": [{"label": "stock-analyzer.environment", "value": "dev"}]}
+    volume = "docker:index/volume:Volume"
+    assert violations("prod-data-volumes-protected", volume, prod_volume, protect=True) == []
+    assert violations("prod-data-volumes-protected", volume, prod_volume, protect=False)
+    assert violations("prod-data-volumes-protected", volume, dev_volume, protect=False) == []
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_program_complies_with_every_policy(stack: str) -> None:
+    rec = run_program(stack)
+    for r in rec.resources:
+        if not r.custom:
+            continue
+        for policy in POLICIES:
+            opts = PolicyResourceOptions(r.protect, [], r.delete_before_replace, [], PolicyCustomTimeouts(0, 0, 0), [])
+            args = ResourceValidationArgs(r.type, plain(r.inputs), r.urn, r.name, opts, None)
+            found: list[str] = []
+            policy.validate(args, _collector(found))
+            assert found == [], (policy.name, r.name)
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_compose_export_complies_with_the_same_rules(stack: str) -> None:
+    doc = yaml.safe_load(compose_text(settings_from_file(stack)))
+    assert check_compose(doc) == []
+    broken = copy.deepcopy(doc)
+    broken["services"]["postgres"]["ports"] = ["5446:5432"]
+    broken["services"]["api"]["environment"]["DB_PASSWORD"] = "plaintext"
+    broken["services"]["frontend"].pop("read_only")
+    found = check_compose(broken)
+    assert any("postgres: database port" in f for f in found)
+    assert any("api: env DB_PASSWORD" in f for f in found)
+    assert any("frontend: root filesystem is writable" in f for f in found)
