@@ -26,6 +26,7 @@ from components.stack_config import PROJECT_DIR, settings_from_file
 
 APP_CONTEXT = PROJECT_DIR / "app"
 SECRETS_SUBDIR = "secrets"
+CONFIGS_SUBDIR = "provision"
 _ALPHABET = string.ascii_letters + string.digits
 
 
@@ -117,9 +118,10 @@ def compose_document(s: StackSettings, app_context: Path = APP_CONTEXT,
         "networks": {"net": {"name": s.network_name, "driver": "bridge"}},
         "volumes": {logical: {"name": name} for logical, name in s.volumes.items()},
         "secrets": {**{name: {"file": f"./{SECRETS_SUBDIR}/{name}"} for name in used}, **build_secrets},
-        # `$$` because compose interpolates `$VAR` in the file, content included.
-        "configs": {_config_name(path): {"content": content.replace("$", "$$")}
-                    for c in s.containers for path, content in c.uploads},
+        # Files next to compose.yaml, bind-mounted: inline `content:` would be copied into the container,
+        # which the engine refuses for a read-only root filesystem.
+        "configs": {_config_name(path): {"file": f"./{CONFIGS_SUBDIR}/{Path(path).name}"}
+                    for c in s.containers for path, _ in c.uploads},
     }
 
 
@@ -204,6 +206,11 @@ def export(stack: str, out: Path, project_dir: Path = PROJECT_DIR, ca_bundle: Pa
             # service (compose ignores uid/gid/mode of file secrets outside swarm mode; it bind-mounts them).
             _write_atomic(path, generate_secret(spec), 0o444)
             created.append(spec.name)
+    config_dir = out / CONFIGS_SUBDIR
+    config_dir.mkdir(exist_ok=True)
+    for c in settings.containers:
+        for target, content in c.uploads:
+            _write_atomic(config_dir / Path(target).name, content, 0o644)
     _write_atomic(out / "compose.yaml", text, 0o644)
     return created
 

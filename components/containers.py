@@ -11,6 +11,8 @@ import pulumi_docker as docker
 from components.settings import ContainerSpec, StackSettings
 
 SECURITY_OPTS = ("no-new-privileges:true",)
+UPLOAD_EXCEPTION = ("read-only root: the docker provider uploads secret files through the root filesystem; "
+                    "capabilities dropped and no-new-privileges still apply")
 
 
 def spec_labels(spec: ContainerSpec, settings: StackSettings) -> dict[str, str]:
@@ -62,7 +64,13 @@ def container_args(
     labels: Mapping[str, pulumi.Input[str]] | None = None,
 ) -> docker.ContainerArgs:
     hc = spec.healthcheck
-    all_labels: dict[str, pulumi.Input[str]] = {**spec_labels(spec, settings), **(labels or {})}
+    # The provider uploads files by extracting a tar at "/", which the engine refuses on a read-only
+    # root filesystem: a container that receives uploads keeps a writable root (a reviewed exception,
+    # labelled). The compose export bind-mounts the same files and stays read-only.
+    uploads = bool(spec.secrets or spec.uploads)
+    read_only = spec.read_only and not uploads
+    exceptions = {"stock-analyzer.policy-exception.container-hardening": UPLOAD_EXCEPTION} if uploads else {}
+    all_labels: dict[str, pulumi.Input[str]] = {**spec_labels(spec, settings), **exceptions, **(labels or {})}
     one_shot = spec.role == "job"
     return docker.ContainerArgs(
         name=spec.container_name,
@@ -82,9 +90,9 @@ def container_args(
         ],
         networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=network_name, aliases=list(spec.aliases))],
         volumes=[
-            docker.ContainerVolumeArgs(volume_name=(volume_names or {})[m.volume], container_path=m.target,
-                                       read_only=m.read_only or None)
-            for m in spec.mounts
+            *(docker.ContainerVolumeArgs(volume_name=(volume_names or {})[m.volume], container_path=m.target,
+                                         read_only=m.read_only or None)
+              for m in spec.mounts),
         ] or None,
         healthcheck=docker.ContainerHealthcheckArgs(
             tests=list(hc.test),
@@ -105,7 +113,7 @@ def container_args(
         max_retry_count=spec.max_retries,
         capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"], adds=list(spec.cap_add) or None),
         security_opts=list(SECURITY_OPTS),
-        read_only=spec.read_only,
+        read_only=read_only,
         tmpfs=dict(spec.tmpfs) or None,
         stop_signal=spec.stop_signal,
         stop_timeout=spec.stop_grace_s,

@@ -598,9 +598,10 @@ psql -X -q -v ON_ERROR_STOP=1 -v active="$active" -v inactive="$inactive" -v app
 
 printf '%s\\n%s\\n' "$active" "$new_pw" > "$app_state.tmp"
 mv -f "$app_state.tmp" "$app_state"
+rm -f "$creds.tmp"
 cp "$app_state" "$creds.tmp"
-chown "$APP_UID:$APP_UID" "$creds.tmp"
 chmod 0400 "$creds.tmp"
+chown "$APP_UID:$APP_UID" "$creds.tmp"
 mv -f "$creds.tmp" "$creds"
 
 if [ -n "$old_user" ] && [ "$old_user" != "$active" ]; then

@@ -65,9 +65,9 @@ def test_app_alone_uses_settings_ports() -> None:
                                                   "protocol": "tcp"}]
     files = {u["file"] for u in plain(containers["admin"].inputs["uploads"])}
     assert files == {"/run/secrets/admin_password"}
-    for svc in ("api", "admin"):
-        assert containers[svc].inputs["volumes"] == [
-            {"volumeName": "creds-vol", "containerPath": "/run/app-credentials", "readOnly": True}]
+    creds = {"volumeName": "creds-vol", "containerPath": "/run/app-credentials", "readOnly": True}
+    assert containers["api"].inputs["volumes"] == [creds]
+    assert containers["admin"].inputs["volumes"] == [creds]
     assert plain(containers["frontend"].inputs.get("uploads", [])) == []
     assert "volumes" not in containers["frontend"].inputs
 

@@ -44,7 +44,8 @@ def test_no_new_privileges(both: tuple[Recording, dict[str, Any]]) -> None:
 def test_read_only_root_with_tmpfs(both: tuple[Recording, dict[str, Any]]) -> None:
     rec, doc = both
     for svc, c in rec.containers().items():
-        assert c.inputs["readOnly"] is True
+        # Pulumi: read-only unless the provider must upload files (tests/test_program.py covers that).
+        assert c.inputs["readOnly"] is (not plain(c.inputs.get("uploads", [])))
         tmpfs = c.inputs["tmpfs"]
         assert "/tmp" in tmpfs and "noexec" in tmpfs["/tmp"] and "nosuid" in tmpfs["/tmp"]
         assert doc["services"][svc]["read_only"] is True

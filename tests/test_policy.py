@@ -81,7 +81,7 @@ CASES: list[tuple[str, str, Callable[[Props], Props]]] = [
     ("prod-limits-and-non-root", "postgres", lambda p: _set(p, user=None)),
     ("container-hardening", "api", lambda p: _set(p, capabilities=None)),
     ("container-hardening", "frontend", lambda p: _set(p, securityOpts=None)),
-    ("container-hardening", "admin", lambda p: _set(p, readOnly=False)),
+    ("container-hardening", "api", lambda p: _set(p, readOnly=False)),
 ]
 
 

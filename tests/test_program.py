@@ -31,6 +31,11 @@ def cfg(stack: str) -> dict[str, str]:
     return {k.split(":", 1)[1]: v for k, v in committed_config(stack).items()}
 
 
+def named_mounts(r: Resource) -> list[dict[str, Any]]:
+    """Volume mounts of named volumes (anonymous ones only hold uploaded files)."""
+    return [v for v in r.inputs.get("volumes", []) if "volumeName" in v]
+
+
 def env_of(r: Resource) -> dict[str, str]:
     return dict(e.split("=", 1) for e in plain(r.inputs["envs"]))
 
@@ -177,7 +182,7 @@ def test_app_connects_as_least_privileged_role(rec: Recording, cfg: dict[str, st
         # The app's credential comes from the file the provisioning job writes, never the superuser's.
         assert "DB_USER" not in env and "POSTGRES_PASSWORD_FILE" not in env
         assert env["DB_CREDENTIALS_FILE"] == job["APP_CREDENTIALS_FILE"]
-        (mount,) = containers[svc].inputs["volumes"]
+        (mount,) = named_mounts(containers[svc])
         assert mount == {"volumeName": creds_volume, "containerPath": env["DB_CREDENTIALS_FILE"].rsplit("/", 1)[0],
                          "readOnly": True}
         files = {u["file"] for u in plain(containers[svc].inputs.get("uploads", []))}
@@ -213,7 +218,7 @@ def test_app_processes_are_not_root(rec: Recording) -> None:
 def test_volume_mount_and_protection(rec: Recording, stack: str) -> None:
     volume = rec.named("database-data")
     containers = rec.containers()
-    (mount,) = containers["postgres"].inputs["volumes"]
+    (mount,) = named_mounts(containers["postgres"])
     assert mount == {"volumeName": volume.inputs["name"], "containerPath": "/var/lib/postgresql/data"}
     assert volume.urn in containers["postgres"].dependencies
     for name in ("database-data", "database-provision-state"):
@@ -222,7 +227,7 @@ def test_volume_mount_and_protection(rec: Recording, stack: str) -> None:
     # Only Postgres mounts the data; only the job mounts its state (the previous superuser password).
     state = rec.named("database-provision-state").inputs["name"]
     for svc, c in containers.items():
-        mounted = {m["volumeName"] for m in c.inputs.get("volumes", [])}
+        mounted = {m["volumeName"] for m in named_mounts(c)}
         assert (volume.inputs["name"] in mounted) is (svc == "postgres"), svc
         assert (state in mounted) is (svc == "db-provision"), svc
 
@@ -244,11 +249,24 @@ def test_replacement_is_safe(rec: Recording) -> None:
     assert pg["destroyGraceSeconds"] >= 30 and pg["stopTimeout"] >= 30
 
 
+def test_read_only_root_unless_the_provider_must_upload(rec: Recording) -> None:
+    # The engine refuses the provider's upload (a tar extracted at "/") into a read-only root; such a
+    # container keeps a writable root and says why in a reviewed-exception label.
+    for c in rec.of_type(CONTAINER):
+        labels = {x["label"]: x["value"] for x in c.inputs["labels"]}
+        exception = labels.get("stock-analyzer.policy-exception.container-hardening", "")
+        if plain(c.inputs.get("uploads", [])):
+            assert c.inputs["readOnly"] is False and "upload" in exception, c.name
+        else:
+            assert c.inputs["readOnly"] is True and not exception, c.name
+
+
 def test_provision_job_runs_once_and_is_waited_for(rec: Recording) -> None:
     job = rec.containers()["db-provision"].inputs
     assert job["mustRun"] is False and job["attach"] is True and job["restart"] == "no"
     assert job["user"] == "0"  # it chowns the app's credential file to the app's uid
-    assert {m["containerPath"] for m in job["volumes"]} == {"/run/app-credentials", "/var/lib/provision"}
+    assert {m["containerPath"] for m in job["volumes"] if "volumeName" in m} == {
+        "/run/app-credentials", "/var/lib/provision"}
     files = {u["file"] for u in plain(job["uploads"])}
     assert {"/provision/provision.sh", "/provision/provision.sql"} <= files
 

@@ -120,7 +120,7 @@ class Applied:
         for name, grace in reversed(self.containers):
             if grace:
                 engine("POST", f"/containers/{name}/stop?t={grace}", timeout=grace + 30)
-            engine("DELETE", f"/containers/{name}?force=true")
+            engine("DELETE", f"/containers/{name}?force=true&v=true")
         for net in self.networks:
             engine("DELETE", f"/networks/{net}")
         for vol in self.volumes:
@@ -255,7 +255,8 @@ def _remove_container(applied: Applied, name: str) -> None:
     grace = dict(applied.containers).get(name, 0)
     if grace:
         engine("POST", f"/containers/{name}/stop?t={grace}", timeout=grace + 30)
-    status, body = engine("DELETE", f"/containers/{name}?force=true")
+    # v=true: anonymous volumes go with the container (the provider's remove_volumes default).
+    status, body = engine("DELETE", f"/containers/{name}?force=true&v=true")
     assert status in (204, 404), f"remove {name}: {status} {body}"
     applied.containers = [(n, g) for n, g in applied.containers if n != name]
 
