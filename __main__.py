@@ -43,7 +43,7 @@ pulumi.export("app_image", app.image_ref)
 pulumi.export("containers", {"postgres": database.container_name, **app.container_names})
 # The same deployment as a compose file (no secret values in it): `pulumi stack output compose`.
 pulumi.export("compose", compose_text(settings))
-# Secrets: `pulumi stack output --show-secrets admin_password` reveals them on purpose only.
+# Secrets: revealed only on purpose, with `pulumi stack output --show-secrets NAME`.
 pulumi.export("postgres_password", credentials.passwords[SECRET_POSTGRES.name])
 pulumi.export("app_db_password", credentials.passwords[SECRET_APP_DB.name])
 pulumi.export("admin_password", credentials.passwords[SECRET_ADMIN.name])

@@ -174,7 +174,7 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("adminUser", "string", "Admin UI user name.", "admin"),
     *(ConfigKey(s.config_key, "string", f"Optional own {s.description}; generated when unset.", None, secret=True)
       for s in SECRETS),
-    *(ConfigKey(s.version_key, "integer", f"Rotation trigger of the {s.description}: increase to rotate.", "1")
+    *(ConfigKey(s.version_key, "integer", f"Rotation trigger of the {s.description}; increase it to rotate.", "1")
       for s in SECRETS),
 )
 KNOWN_KEYS = {k.name: k for k in CONFIG_KEYS}

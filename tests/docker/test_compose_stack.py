@@ -28,6 +28,7 @@ from tests.docker.support import (
 )
 
 pytestmark = pytest.mark.docker
+WRONG_PASSWORD = "wrong-password"  # pragma: allowlist secret (deliberately wrong)
 ROWS = [{"symbol": "ACME", "day": f"2024-01-{d:02d}", "close": f"{100 + d}.25"} for d in range(1, 11)]
 
 
@@ -165,9 +166,9 @@ def test_wrong_password_refused_right_one_accepted(stack: Stack, up: float) -> N
     dsn = f"host={port.host_ip} port={port.host_port} dbname={stack.s.db_name} connect_timeout=5"
     user = open_credentials(stack)[0]  # the app's active role
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
-        psycopg.connect(dsn, user=user, password="wrong-password").close()
+        psycopg.connect(dsn, user=user, password=WRONG_PASSWORD).close()
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
-        psycopg.connect(dsn, user=stack.s.db_superuser, password="wrong-password").close()
+        psycopg.connect(dsn, user=stack.s.db_superuser, password=WRONG_PASSWORD).close()
     with psycopg.connect(dsn, user=user, password=stack.secret("app_db_password")) as conn:
         assert conn.execute("SELECT count(*) FROM stock_prices").fetchone() is not None
         # Least privilege: the app role cannot change the schema.
