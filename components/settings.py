@@ -172,7 +172,8 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("restartMaxRetries", "integer", "Restart attempts when restartPolicy is on-failure.", "5"),
     ConfigKey("protectData", "boolean", "Protect the data volume from deletion (required in prod).", "false"),
     ConfigKey("adminUser", "string", "Admin UI user name.", "admin"),
-    *(ConfigKey(s.config_key, "string", f"Optional own {s.description}; generated when unset.", None, secret=True)
+    *(ConfigKey(s.config_key, "string", f"Optional own {s.description}, set with --secret; generated when unset.",
+                None, secret=True)
       for s in SECRETS),
     *(ConfigKey(s.version_key, "integer", f"Rotation trigger of the {s.description}; increase it to rotate.", "1")
       for s in SECRETS),

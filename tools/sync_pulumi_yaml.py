@@ -22,9 +22,9 @@ from components.settings import CONFIG_KEYS  # noqa: E402
 def config_block() -> dict[str, Any]:
     block: dict[str, Any] = {}
     for key in CONFIG_KEYS:
+        # Secret keys are not flagged `secret: true` here: their default is empty ("generate one"), and the
+        # program itself refuses a plaintext value (components/stack_config.py).
         spec: dict[str, Any] = {"type": key.type, "description": key.description}
-        if key.secret:
-            spec["secret"] = True
         if key.default is not None or key.secret:
             default = key.default or ""
             spec["default"] = int(default) if key.type == "integer" else (default == "true") \
