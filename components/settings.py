@@ -218,7 +218,6 @@ class StackSettings:
     provision: ContainerSpec
     apps: tuple[ContainerSpec, ...]
     secret_versions: dict[str, int] = field(default_factory=dict)  # secret name -> rotation version
-    user_secrets: frozenset[str] = field(default_factory=frozenset)
 
     @property
     def volume_name(self) -> str:
@@ -512,7 +511,6 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         provision=provision,
         apps=apps,
         secret_versions={spec.name: r.integer(spec.version_key, 1, 1_000_000) for spec in SECRETS},
-        user_secrets=frozenset(spec.name for spec in SECRETS if spec.config_key in raw_config),
     )
 
 

@@ -1,8 +1,9 @@
-"""Rewrite the `config:` block of Pulumi.yaml from components.settings.CONFIG_KEYS.
+"""Rewrite the `config:` block of Pulumi.yaml and the README's config table from CONFIG_KEYS.
 
     python tools/sync_pulumi_yaml.py
 
-CONFIG_KEYS is the source of truth; tests/test_components.py fails when Pulumi.yaml drifts from it.
+components.settings.CONFIG_KEYS is the source of truth; tests/test_components.py fails when
+Pulumi.yaml or the README drifts from it.
 """
 
 from __future__ import annotations
@@ -33,11 +34,30 @@ def config_block() -> dict[str, Any]:
     return block
 
 
+def readme_table() -> str:
+    rows = ["| key | type | default | description |", "| --- | --- | --- | --- |"]
+    for key in CONFIG_KEYS:
+        if key.secret:
+            default = "(generated)"
+        elif key.default is None:
+            default = "(required)"
+        else:
+            default = f"`{key.default}`" if key.default else "(none)"
+        kind = f"{key.type} (secret)" if key.secret else key.type
+        rows.append(f"| `{key.name}` | {kind} | {default} | {key.description} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     path = ROOT / "Pulumi.yaml"
     head = path.read_text().split("\nconfig:\n")[0]
     body = yaml.safe_dump({"config": config_block()}, sort_keys=False, width=120)
     path.write_text(head.rstrip("\n") + "\n" + body)
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start = text.index("| key | type | default | description |")
+    end = text.index("\n\n", start)
+    readme.write_text(text[:start] + readme_table() + text[end:])
 
 
 if __name__ == "__main__":
