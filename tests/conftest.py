@@ -40,3 +40,11 @@ def docker_cli() -> str:
             pytest.fail("REQUIRE_DOCKER=1 but no Docker engine is reachable (../shared/docker-engine.sh start)")
         pytest.skip("no Docker engine reachable")
     return "docker"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from tests.docker.conftest import BASE_IMAGES_USED
+
+    for image, how in sorted(BASE_IMAGES_USED.items()):
+        loud = " -- LOCAL STAND-IN built from Debian packages, NOT the official image" if "stand-in" in how else ""
+        terminalreporter.write_line(f"docker base image {image}: {how}{loud}", yellow=bool(loud))

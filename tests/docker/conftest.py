@@ -16,10 +16,16 @@ def dev_settings() -> StackSettings:
     return settings_from_file("dev")
 
 
+BASE_IMAGES_USED: dict[str, str] = {}
+
+
 @pytest.fixture(scope="session")
 def base_images(docker_cli: str, dev_settings: StackSettings) -> dict[str, str]:
-    """The committed dev config's base images: pulled, or local stand-ins (said loudly in the log)."""
-    return {img: ensure_image(img) for img in (dev_settings.postgres_image, dev_settings.python_base_image)}
+    """The committed dev config's base images: pulled, or local stand-ins (said loudly in the log, and
+    again in the terminal summary, which pytest shows even when every test passes)."""
+    used = {img: ensure_image(img) for img in (dev_settings.postgres_image, dev_settings.python_base_image)}
+    BASE_IMAGES_USED.update(used)
+    return used
 
 
 def ca_bundle() -> Path | None:
