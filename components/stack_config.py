@@ -39,18 +39,23 @@ def read_stack_config(stack: str) -> tuple[StackSettings, dict[str, pulumi.Outpu
     raw = _drop_unset_secrets(
         {k[len(_PREFIX):]: _as_config_string(v) for k, v in _engine_config().items() if k.startswith(_PREFIX)})
     try:
-        for spec in SECRETS:
-            if spec.config_key in raw and not pulumi.runtime.is_config_secret(_PREFIX + spec.config_key):
-                raise ConfigError(
-                    f"config key '{_PREFIX}{spec.config_key}' holds a plaintext value; allowed: a secret, set with "
-                    f"`pulumi config set --secret {spec.config_key}`, or unset to generate one"
-                )
+        _refuse_plaintext_passwords(
+            {k for k in raw if not pulumi.runtime.is_config_secret(_PREFIX + k)})
         settings = load_settings(raw, stack)
     except ConfigError as err:
         raise pulumi.RunError(str(err)) from None
     config = pulumi.Config(PROJECT)
     provided = {s.name: config.require_secret(s.config_key) for s in SECRETS if s.config_key in raw}
     return settings, provided
+
+
+def _refuse_plaintext_passwords(plaintext_keys: set[str]) -> None:
+    for spec in SECRETS:
+        if spec.config_key in plaintext_keys:
+            raise ConfigError(
+                f"config key '{_PREFIX}{spec.config_key}' holds a plaintext value; allowed: a secret, set with "
+                f"`pulumi config set --secret {spec.config_key}`, or unset to generate one"
+            )
 
 
 def _drop_unset_secrets(raw: dict[str, str]) -> dict[str, str]:
@@ -76,10 +81,14 @@ def read_stack_file(stack: str, project_dir: Path = PROJECT_DIR) -> dict[str, st
     config = doc.get("config") or {}
     if not isinstance(config, dict):
         raise ConfigError(f"{path.name}: 'config' must be a mapping")
-    return {
+    raw = _drop_unset_secrets({
         k[len(_PREFIX):]: "<secure>" if isinstance(v, dict) else _as_config_string(v)
         for k, v in config.items() if k.startswith(_PREFIX)
-    }
+    })
+    # The same rule as under the engine: a password in the stack file must be encrypted (`secure:`).
+    _refuse_plaintext_passwords({k[len(_PREFIX):] for k, v in config.items()
+                                 if k.startswith(_PREFIX) and not isinstance(v, dict)} & set(raw))
+    return raw
 
 
 def settings_from_file(stack: str, project_dir: Path = PROJECT_DIR) -> StackSettings:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from components import compose
-from components.settings import SECRETS, load_settings
+from components.settings import SECRETS, ConfigError, load_settings
 from components.stack_config import settings_from_file
 from tests.pulumi_mocks import ROOT, plain, run_program
 
@@ -173,3 +173,19 @@ def test_rotate_bad_input(args: list[str], expected: str, tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and expected in err
     assert not out.exists()
+
+
+def test_plaintext_password_in_stack_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "Pulumi.dev.yaml").write_text(yaml.safe_dump({"config": {
+        "stock-analyzer:environment": "dev",
+        "stock-analyzer:adminPassword": "plain-text-in-a-file",  # pragma: allowlist secret
+    }}))
+    with pytest.raises(ConfigError, match=r"adminPassword' holds a plaintext value"):
+        settings_from_file("dev", project)
+    (project / "Pulumi.dev.yaml").write_text(yaml.safe_dump({"config": {
+        "stock-analyzer:environment": "dev",
+        "stock-analyzer:adminPassword": {"secure": "v1:AAAA"},
+    }}))
+    assert settings_from_file("dev", project).environment == "dev"
