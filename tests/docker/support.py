@@ -11,6 +11,8 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from components.settings import StackSettings
+
 T = TypeVar("T")
 
 
@@ -19,6 +21,12 @@ def sh(*args: str, timeout: float = 600, check: bool = True, **kw: Any) -> subpr
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def postgres_dsn(s: StackSettings) -> str:
+    """libpq connection string for the stack's published Postgres port (dev publishes it on loopback)."""
+    port = s.postgres.ports[0]
+    return f"host={port.host_ip} port={port.host_port} dbname={s.db_name} connect_timeout=5"
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float, interval_s: float = 0.25) -> T:

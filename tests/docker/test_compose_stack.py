@@ -21,6 +21,7 @@ from tests.docker.support import (
     health,
     http,
     inspect,
+    postgres_dsn,
     remove_containers,
     sh,
     wait_for,
@@ -137,8 +138,7 @@ def test_app_role_rotation_drops_no_request(stack: Stack, up: float) -> None:
     assert inspect(stack.names["api"])["State"]["StartedAt"] == api_started
     new_password = stack.secret("app_db_password")
     assert new_password != old_password
-    port = stack.s.postgres.ports[0]
-    dsn = f"host={port.host_ip} port={port.host_port} dbname={stack.s.db_name} connect_timeout=5"
+    dsn = postgres_dsn(stack.s)
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(dsn, user=stack.s.db_app_user, password=old_password).close()
     with psycopg.connect(dsn, user=f"{stack.s.db_app_user}_b", password=new_password) as conn:
@@ -152,8 +152,7 @@ def test_superuser_rotation_needs_no_restart(stack: Stack, up: float) -> None:
     stack.compose("up", "-d")
     assert inspect(stack.names["db-provision"])["State"]["ExitCode"] == 0
     assert inspect(stack.names["postgres"])["State"]["StartedAt"] == pg_started
-    port = stack.s.postgres.ports[0]
-    dsn = f"host={port.host_ip} port={port.host_port} dbname={stack.s.db_name} connect_timeout=5"
+    dsn = postgres_dsn(stack.s)
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(dsn, user=stack.s.db_superuser, password=old_password).close()
     with psycopg.connect(dsn, user=stack.s.db_superuser, password=stack.secret("postgres_password")) as conn:
@@ -162,8 +161,7 @@ def test_superuser_rotation_needs_no_restart(stack: Stack, up: float) -> None:
 
 
 def test_wrong_password_refused_right_one_accepted(stack: Stack, up: float) -> None:
-    port = stack.s.postgres.ports[0]
-    dsn = f"host={port.host_ip} port={port.host_port} dbname={stack.s.db_name} connect_timeout=5"
+    dsn = postgres_dsn(stack.s)
     user = open_credentials(stack)[0]  # the app's active role
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(dsn, user=user, password=WRONG_PASSWORD).close()

@@ -15,7 +15,7 @@ import pytest
 from components.settings import StackSettings
 from tests.docker.conftest import ca_bundle
 from tests.docker.pulumi_apply import Applied, apply, update
-from tests.docker.support import RequestLoop, http, inspect, remove_containers, sh, wait_for
+from tests.docker.support import RequestLoop, http, inspect, postgres_dsn, remove_containers, sh, wait_for
 from tests.pulumi_mocks import PROJECT, Recording, committed_config, plain, run_program
 
 pytestmark = pytest.mark.docker
@@ -109,11 +109,6 @@ def _rotate(applied: Applied, deployed: dict[str, Any], key: str) -> tuple[list[
     return replaced, after
 
 
-def _dsn(s: StackSettings) -> str:
-    port = s.postgres.ports[0]
-    return f"host={port.host_ip} port={port.host_port} dbname={s.db_name} connect_timeout=5"
-
-
 def _rows(recording: Recording) -> list[dict[str, str]]:
     status, body = http("GET", _url(recording, "api_url", "/prices?symbol=ROTA"))
     assert status == 200
@@ -139,11 +134,12 @@ def test_app_role_rotation_drops_no_request(applied: Applied, deployed: dict[str
     assert new_password != old_password
     logs = sh("docker", "logs", "stock-analyzer-dev-db-provision").stdout
     assert f"moves from {dev_settings.db_app_user} to {dev_settings.db_app_user}_b" in logs
+    dsn, role_a, role_b = postgres_dsn(dev_settings), dev_settings.db_app_user, f"{dev_settings.db_app_user}_b"
     with pytest.raises(psycopg.OperationalError):
-        psycopg.connect(_dsn(dev_settings), user=dev_settings.db_app_user, password=old_password).close()
+        psycopg.connect(dsn, user=role_a, password=old_password).close()
     with pytest.raises(psycopg.OperationalError):
-        psycopg.connect(_dsn(dev_settings), user=f"{dev_settings.db_app_user}_b", password=old_password).close()
-    with psycopg.connect(_dsn(dev_settings), user=f"{dev_settings.db_app_user}_b", password=new_password) as conn:
+        psycopg.connect(dsn, user=role_b, password=old_password).close()
+    with psycopg.connect(dsn, user=role_b, password=new_password) as conn:
         assert conn.execute("SELECT count(*) FROM stock_prices WHERE symbol = 'ROTA'").fetchone() == (20,)
 
 
@@ -156,10 +152,10 @@ def test_app_role_rotates_back_to_the_first_role(applied: Applied, deployed: dic
     print(f"second app-role rotation: {loop.count} requests, {len(loop.failures)} failed")
     assert loop.failures == []
     new_password = applied.passwords["credentials-app-db-password"]
-    with psycopg.connect(_dsn(dev_settings), user=dev_settings.db_app_user, password=new_password) as conn:
+    with psycopg.connect(postgres_dsn(dev_settings), user=dev_settings.db_app_user, password=new_password) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
     with pytest.raises(psycopg.OperationalError, match=r"not permitted to log in|password authentication"):
-        psycopg.connect(_dsn(dev_settings), user=f"{dev_settings.db_app_user}_b", password=new_password).close()
+        psycopg.connect(postgres_dsn(dev_settings), user=f"{dev_settings.db_app_user}_b", password=new_password).close()
 
 
 def test_superuser_rotation(applied: Applied, deployed: dict[str, Any], dev_settings: StackSettings) -> None:
@@ -177,8 +173,8 @@ def test_superuser_rotation(applied: Applied, deployed: dict[str, Any], dev_sett
     assert len(_rows(after)) == len(ROTATION_ROWS)
     new_password = applied.passwords["credentials-postgres-password"]
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
-        psycopg.connect(_dsn(dev_settings), user=dev_settings.db_superuser, password=old_password).close()
-    with psycopg.connect(_dsn(dev_settings), user=dev_settings.db_superuser, password=new_password) as conn:
+        psycopg.connect(postgres_dsn(dev_settings), user=dev_settings.db_superuser, password=old_password).close()
+    with psycopg.connect(postgres_dsn(dev_settings), user=dev_settings.db_superuser, password=new_password) as conn:
         assert conn.execute("SELECT count(*) FROM stock_prices").fetchone() is not None
     assert "superuser password rotated" in sh("docker", "logs", "stock-analyzer-dev-db-provision").stdout
 
