@@ -21,7 +21,15 @@ from typing import Any
 import yaml
 
 from components.containers import SECURITY_OPTS, spec_labels
-from components.settings import SECRETS, ConfigError, ContainerSpec, Healthcheck, SecretSpec, StackSettings
+from components.settings import (
+    SECRETS,
+    USER_SECRETS,
+    ConfigError,
+    ContainerSpec,
+    Healthcheck,
+    SecretSpec,
+    StackSettings,
+)
 from components.stack_config import PROJECT_DIR, settings_from_file
 
 APP_CONTEXT = PROJECT_DIR / "app"
@@ -107,9 +115,15 @@ def compose_document(s: StackSettings, app_context: Path = APP_CONTEXT,
         "postgres": _service(s.postgres, s, s.postgres_image, None, {}),
         "db-provision": _service(s.provision, s, s.postgres_image, None, healthy_db),
     }
-    for spec in s.apps:
-        services[spec.service] = _service(spec, s, s.app_image, build, {
+    # One build for the three services: only the first carries `build`; the others run the image it tags.
+    # Three builds of one tag leave containers labelled with images the tag no longer names, and the next
+    # `up -d` (a rotation, say) would then recreate them all.
+    for i, spec in enumerate(s.apps):
+        svc = _service(spec, s, s.app_image, build if i == 0 else None, {
             **healthy_db, "db-provision": {"condition": "service_completed_successfully"}})
+        if i > 0:
+            svc = {"image": svc.pop("image"), "pull_policy": "never", **svc}
+        services[spec.service] = svc
     used = sorted({m.secret.name for c in s.containers for m in c.secrets})
     build_secrets = {"ca": {"file": str(ca_bundle.absolute())}} if ca_bundle else {}
     return {
@@ -222,7 +236,7 @@ def rotate(out: Path, name: str) -> None:
     content at once (the admin UI re-reads its password on every request), and the provisioning job,
     which `up -d` runs again, moves the database to it.
     """
-    specs = {spec.name: spec for spec in SECRETS}
+    specs = {spec.name: spec for spec in USER_SECRETS}
     path = out.absolute() / SECRETS_SUBDIR / name
     if not (out / "compose.yaml").is_file() or not path.is_file() or path.is_symlink():
         raise ExportError(f"{path}: nothing to rotate; export first")
@@ -242,14 +256,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stack", required=True, help="stack name: reads Pulumi.STACK.yaml")
     parser.add_argument("--out", required=True, type=Path, help="directory for compose.yaml and secrets/")
     parser.add_argument("--rotate", metavar="NAME",
-                        help="replace this secret with a new value (then run `docker compose up -d`)")
+                        help="replace this secret with a new value, then apply it with `docker compose up -d`; "
+                             "NAME is one of: " + ", ".join(spec.name for spec in USER_SECRETS))
     parser.add_argument("--ca-bundle", type=Path, default=None,
                         help="CA bundle given to the image build as BuildKit secret 'ca' (TLS-intercepting networks)")
     args = parser.parse_args(argv)
     try:
         if args.rotate:
-            if args.rotate not in {spec.name for spec in SECRETS}:
-                raise ExportError(f"--rotate {args.rotate!r}: allowed: {', '.join(spec.name for spec in SECRETS)}")
+            if args.rotate not in {spec.name for spec in USER_SECRETS}:
+                raise ExportError(f"--rotate {args.rotate!r}: allowed: {', '.join(s.name for s in USER_SECRETS)}")
             if not (args.out / SECRETS_SUBDIR / args.rotate).is_file():
                 raise ExportError(f"{args.out / SECRETS_SUBDIR / args.rotate}: nothing to rotate; export first")
         created = export(args.stack, args.out, ca_bundle=args.ca_bundle)

@@ -37,7 +37,7 @@ class Credentials(pulumi.ComponentResource):
                     f"{name}-{spec.name.replace('_', '-')}",
                     length=spec.length,
                     special=False,
-                    keepers={"version": str(args.versions.get(spec.name, 1))},
+                    keepers={"version": str(args.versions.get(spec.name, 1))} if spec.configurable else None,
                     opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["result"]),
                 )
                 value = generated.result

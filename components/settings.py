@@ -11,8 +11,10 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 PROJECT = "stock-analyzer"
@@ -41,6 +43,15 @@ TMPFS_OPTS = "rw,noexec,nosuid,nodev,size=16m"
 TMP_DIR = "/tmp"  # noqa: S108 (a private tmpfs inside the container, not the host's /tmp)
 # Logical volume names (compose keys); the engine names are per stack, see StackSettings.volumes.
 VOL_DATA, VOL_APP_CREDENTIALS, VOL_PROVISION_STATE = "postgres_data", "app_credentials", "provision_state"
+# The provisioning job's shell and SQL (see provision/provision.sh), uploaded to /provision in its container.
+PROVISION_SOURCE = Path(__file__).resolve().parent.parent / "provision"
+PROVISION_TARGET = "/provision"
+
+
+def provision_files() -> tuple[tuple[str, str], ...]:
+    """(path in the job's container, content) of every provisioning file, in a stable order."""
+    files = sorted(p for p in PROVISION_SOURCE.iterdir() if p.suffix in (".sh", ".sql"))
+    return tuple((f"{PROVISION_TARGET}/{p.name}", p.read_text(encoding="utf-8")) for p in files)
 
 
 class ConfigError(ValueError):
@@ -55,6 +66,8 @@ class SecretSpec:
     config_key: str
     description: str
     length: int = 32
+    # False for a secret the stack never sets or rotates (no config key, no rotation trigger).
+    configurable: bool = True
 
     @property
     def path(self) -> str:
@@ -69,7 +82,14 @@ class SecretSpec:
 SECRET_POSTGRES = SecretSpec("postgres_password", "postgresPassword", "database superuser password")
 SECRET_APP_DB = SecretSpec("app_db_password", "appDbPassword", "password of the app's database role")
 SECRET_ADMIN = SecretSpec("admin_password", "adminPassword", "admin UI password")
-SECRETS = (SECRET_POSTGRES, SECRET_APP_DB, SECRET_ADMIN)
+# Initialises an empty data directory and nothing else: the provisioning job then moves the superuser to
+# SECRET_POSTGRES. The server container carries only this one, so a superuser rotation never changes (or
+# restarts) the server.
+SECRET_POSTGRES_BOOTSTRAP = SecretSpec("postgres_bootstrap_password", "", "bootstrap superuser password",
+                                       configurable=False)
+SECRETS = (SECRET_POSTGRES, SECRET_APP_DB, SECRET_ADMIN, SECRET_POSTGRES_BOOTSTRAP)
+# The ones a stack may supply (config key) and rotate (version trigger).
+USER_SECRETS = tuple(s for s in SECRETS if s.configurable)
 
 
 @dataclass(frozen=True)
@@ -174,24 +194,28 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("adminUser", "string", "Admin UI user name.", "admin"),
     *(ConfigKey(s.config_key, "string", f"Optional own {s.description}, set with --secret; generated when unset.",
                 None, secret=True)
-      for s in SECRETS),
+      for s in USER_SECRETS),
     *(ConfigKey(s.version_key, "integer", f"Rotation trigger of the {s.description}; increase it to rotate.", "1")
-      for s in SECRETS),
+      for s in USER_SECRETS),
 )
 KNOWN_KEYS = {k.name: k for k in CONFIG_KEYS}
 
 _T = TypeVar("_T")
-_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+# Names PostgreSQL refuses or treats as keywords in role positions; pg_* is reserved as a prefix.
+RESERVED_ROLE_NAMES = ("all", "current_role", "current_user", "none", "public", "session_user", "user")
+RESERVED_DB_NAMES = ("template0", "template1")
 # Docker reference grammar (distribution/reference), with a mandatory tag or digest.
 _NAME_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?/)"
 _IMAGE_REF = re.compile(
-    rf"^(?P<repo>{_DOMAIN}?{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*)"
-    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>sha256:[a-f0-9]{64}))?$"
+    rf"(?P<repo>{_DOMAIN}?{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>sha256:[a-f0-9]{64}))?"
 )
-_REPO = re.compile(rf"^{_DOMAIN}?{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*$")
-_MEMORY = re.compile(r"^(?P<num>[0-9]+)(?P<unit>|b|k|kb|ki|kib|m|mb|mi|mib|g|gb|gi|gib)$", re.IGNORECASE)
-_LOG_SIZE = re.compile(r"^[1-9][0-9]*[kmg]$")
+_REPO = re.compile(rf"{_DOMAIN}?{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*")
+_MEMORY = re.compile(r"(?P<num>[0-9]+)(?P<unit>|b|k|kb|ki|kib|m|mb|mi|mib|g|gb|gi|gib)", re.IGNORECASE)
+_LOG_SIZE = re.compile(r"[1-9][0-9]*[kmg]")
+_INTEGER = re.compile(r"[0-9]{1,9}")
 _UNIT_BYTES = {"": 1, "b": 1, "k": 1024, "kb": 1024, "ki": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2,
                "mi": 1024**2, "mib": 1024**2, "g": 1024**3, "gb": 1024**3, "gi": 1024**3, "gib": 1024**3}
 
@@ -268,7 +292,9 @@ class _Reader:
 
     def integer(self, key: str, lo: int, hi: int) -> int:
         def parse(v: str) -> int:
-            n = int(v.strip())
+            if not _INTEGER.fullmatch(v):
+                raise ValueError
+            n = int(v)
             if not lo <= n <= hi:
                 raise ValueError
             return n
@@ -277,14 +303,24 @@ class _Reader:
 
     def boolean(self, key: str) -> bool:
         table = {"true": True, "false": False}
-        return self.parsed(key, lambda v: table[v.strip().lower()], "true or false")
+        return self.parsed(key, lambda v: table[v.lower()], "true or false")
 
     def choice(self, key: str, allowed: tuple[str, ...]) -> str:
         return self.parsed(key, lambda v: v if v in allowed else _raise(), "one of " + ", ".join(allowed))
 
     def ident(self, key: str) -> str:
-        return self.parsed(key, lambda v: v if _IDENT.match(v) else _raise(),
+        return self.parsed(key, lambda v: v if _IDENT.fullmatch(v) else _raise(),
                            "a lower-case SQL identifier: [a-z_][a-z0-9_]*, at most 63 characters")
+
+    def role(self, key: str) -> str:
+        def parse(v: str) -> str:
+            if not _IDENT.fullmatch(v) or v.startswith("pg_") or v in RESERVED_ROLE_NAMES:
+                raise ValueError
+            return v
+
+        return self.parsed(key, parse, "a lower-case SQL identifier ([a-z_][a-z0-9_]*, at most 63 characters) "
+                                       "that PostgreSQL does not reserve (not pg_*, not "
+                                       + ", ".join(RESERVED_ROLE_NAMES) + ")")
 
     def ip(self, key: str, loopback_only: bool = False) -> str:
         def parse(v: str) -> str:
@@ -298,9 +334,9 @@ class _Reader:
 
     def memory_mb(self, key: str) -> int | None:
         def parse(v: str) -> int | None:
-            if v.strip() == "":
+            if v == "":
                 return None
-            m = _MEMORY.match(v.strip())
+            m = _MEMORY.fullmatch(v)
             if not m:
                 raise ValueError
             mb = int(m["num"]) * _UNIT_BYTES[m["unit"].lower()] // 1024**2
@@ -312,12 +348,12 @@ class _Reader:
 
     def image(self, key: str, postgres: bool = False) -> str:
         def parse(v: str) -> str:
-            m = _IMAGE_REF.match(v)
+            m = _IMAGE_REF.fullmatch(v)
             if not m or not (m["tag"] or m["digest"]) or m["tag"] == "latest":
                 raise ValueError
             if postgres:
-                major = re.match(r"^(\d+)", m["tag"] or "")
-                if not major or int(major[1]) not in SUPPORTED_POSTGRES_MAJORS:
+                major = re.match(r"\d+", m["tag"] or "")
+                if not major or int(major[0]) not in SUPPORTED_POSTGRES_MAJORS:
                     raise ValueError
             return v
 
@@ -343,6 +379,17 @@ def _check_unknown_keys(raw: Mapping[str, str]) -> None:
             )
 
 
+def _check_characters(raw: Mapping[str, str]) -> None:
+    """No control or format character in any value: a trailing newline in a role name would reach SQL."""
+    secret_keys = {s.config_key for s in USER_SECRETS}
+    for key in sorted(raw):
+        bad = next((c for c in raw[key] if unicodedata.category(c).startswith("C")), None)
+        if bad is not None:
+            shown = "<secret>" if key in secret_keys else repr(raw[key])
+            raise ConfigError(f"config key '{PROJECT}:{key}' has invalid value {shown}: no control or format "
+                              f"characters (found U+{ord(bad):04X})")
+
+
 def _app_healthcheck(port: int) -> Healthcheck:
     # start_interval probes every second while starting, so the app is seen healthy within ~1 s of
     # being ready instead of after the legacy 30 s interval.
@@ -359,20 +406,30 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
     never part of the settings.
     """
     _check_unknown_keys(raw_config)
+    _check_characters(raw_config)
     r = _Reader(raw_config)
     environment = r.choice("environment", ENVIRONMENTS)
     prod = environment == "prod"
 
-    db_name, superuser, app_user = r.ident("dbName"), r.ident("dbSuperuser"), r.ident("dbAppUser")
-    if app_user == superuser:
-        raise _fail("dbAppUser", app_user, f"a role other than the superuser '{superuser}'")
+    db_name = r.parsed("dbName", lambda v: v if _IDENT.fullmatch(v) and v not in RESERVED_DB_NAMES else _raise(),
+                       "a lower-case SQL identifier ([a-z_][a-z0-9_]*, at most 63 characters), not a template "
+                       "database")
+    superuser, app_user = r.role("dbSuperuser"), r.role("dbAppUser")
     if len(app_user) > 60:  # room for the _b (second login role) and _rw (group) suffixes
         raise _fail("dbAppUser", app_user, "at most 60 characters")
+    # Every role the provisioning job creates or alters differs from the superuser: granting it to the app
+    # would hand the app superuser rights, and disabling it would lock the job out.
+    app_roles = app_role_names(app_user)
+    if app_user == superuser:
+        raise _fail("dbAppUser", app_user, f"a role other than the superuser '{superuser}'")
+    if superuser in app_roles:
+        raise _fail("dbSuperuser", superuser, f"a role other than the app's roles {', '.join(app_roles)} "
+                    f"(derived from {PROJECT}:dbAppUser)")
     restart = r.choice("restartPolicy", SERVICE_RESTART_POLICIES)
     max_retries = r.integer("restartMaxRetries", 1, 100) if restart == "on-failure" else None
     admin_user = r.parsed("adminUser", lambda v: v if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v) else _raise(),
                           "1-64 characters from A-Z a-z 0-9 _ . -")
-    app_repo = r.parsed("appImageName", lambda v: v if _REPO.match(v) else _raise(),
+    app_repo = r.parsed("appImageName", lambda v: v if _REPO.fullmatch(v) else _raise(),
                         "an image repository name without tag, e.g. stock-analyzer-app")
 
     memory = {key: r.memory_mb(f"{key}Memory") for key in ("postgres", "api", "frontend", "admin")}
@@ -417,10 +474,10 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         env=tuple(sorted({
             "PGDATA": PGDATA,
             "POSTGRES_DB": db_name,
-            "POSTGRES_PASSWORD_FILE": SECRET_POSTGRES.path,
+            "POSTGRES_PASSWORD_FILE": SECRET_POSTGRES_BOOTSTRAP.path,
             "POSTGRES_USER": superuser,
         }.items())),
-        secrets=(SecretMount(SECRET_POSTGRES, POSTGRES_UID),),
+        secrets=(SecretMount(SECRET_POSTGRES_BOOTSTRAP, POSTGRES_UID),),
         ports=(bindings["postgres"],) if "postgres" in bindings else (),
         # TCP to 127.0.0.1, not the socket: the temporary server run during initdb listens on the
         # socket only, so it never counts as healthy.
@@ -458,10 +515,11 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
             "PGHOST": DB_ALIAS,
             "PGPORT": str(POSTGRES_PORT),
             "PGUSER": superuser,
+            "POSTGRES_BOOTSTRAP_PASSWORD_FILE": SECRET_POSTGRES_BOOTSTRAP.path,
             "POSTGRES_PASSWORD_FILE": SECRET_POSTGRES.path,
             "PROVISION_STATE_DIR": PROVISION_STATE_DIR,
         }.items())),
-        secrets=(SecretMount(SECRET_POSTGRES, 0), SecretMount(SECRET_APP_DB, 0)),
+        secrets=tuple(SecretMount(spec, 0) for spec in (SECRET_POSTGRES, SECRET_APP_DB, SECRET_POSTGRES_BOOTSTRAP)),
         pids_limit=64,
         ports=(),
         healthcheck=None,
@@ -473,7 +531,7 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         role="job",
         policy_exceptions=(("prod-limits-and-non-root", "one-shot job: chowns the app's credential file to "
                             "the app uid; all capabilities but CHOWN dropped, read-only root, no-new-privileges"),),
-        uploads=(("/provision/provision.sh", PROVISION_SCRIPT), ("/provision/provision.sql", PROVISION_SQL)),
+        uploads=provision_files(),
         mounts=(VolumeMount(VOL_APP_CREDENTIALS, APP_CREDENTIALS_DIR),
                 VolumeMount(VOL_PROVISION_STATE, PROVISION_STATE_DIR)),
     )
@@ -504,14 +562,19 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         db_app_user=app_user,
         admin_user=admin_user,
         protect_data=protect,
-        log_max_size=r.parsed("logMaxSize", lambda v: v if _LOG_SIZE.match(v) else _raise(),
+        log_max_size=r.parsed("logMaxSize", lambda v: v if _LOG_SIZE.fullmatch(v) else _raise(),
                               "a size with unit k, m or g, e.g. 10m"),
         log_max_file=r.integer("logMaxFile", 1, 100),
         postgres=postgres,
         provision=provision,
         apps=apps,
-        secret_versions={spec.name: r.integer(spec.version_key, 1, 1_000_000) for spec in SECRETS},
+        secret_versions={spec.name: r.integer(spec.version_key, 1, 1_000_000) for spec in USER_SECRETS},
     )
+
+
+def app_role_names(app_user: str) -> tuple[str, str, str]:
+    """The roles the provisioning job manages: two login roles that take turns, and their group."""
+    return (app_user, f"{app_user}_b", f"{app_user}_rw")
 
 
 def _app_spec(prefix: str, service: str, port: int, env: tuple[tuple[str, str], ...],
@@ -533,113 +596,3 @@ def _app_spec(prefix: str, service: str, port: int, env: tuple[tuple[str, str], 
         mounts=(VolumeMount(VOL_APP_CREDENTIALS, APP_CREDENTIALS_DIR, read_only=True),)
         if any(k == "DB_CREDENTIALS_FILE" for k, _ in env) else (),
     )
-
-
-# The provisioning job: idempotent, run as root in the Postgres image after Postgres is healthy and before
-# any app container starts, and again whenever a password it carries changes. It owns the schema (the
-# app roles get no DDL rights) and applies rotations to the running database:
-# - superuser: logs in with the current password, else with the previous one (kept in a volume only
-#   this job mounts) and moves the role to the current one;
-# - app role: two login roles take turns (APP_DB_USER and APP_DB_USER_b). The new password goes to the
-#   idle one, the credential file the app reads on every connection is swapped atomically, and the
-#   old role loses its login once its sessions have ended. The API never sees a refused login.
-PROVISION_SCRIPT = """\
-#!/bin/sh
-set -eu
-umask 077
-log() { echo "provision: $*"; }
-sessions_of() {
-  psql -X -At -v r="$1" <<'SQL'
-SELECT count(*) FROM pg_stat_activity WHERE usename = :'r';
-SQL
-}
-state="$PROVISION_STATE_DIR/postgres_password"
-
-PGPASSWORD="$(cat "$POSTGRES_PASSWORD_FILE")"
-export PGPASSWORD
-if ! err=$(psql -X -q -c 'SELECT 1' 2>&1 >/dev/null); then
-  case "$err" in
-    *"password authentication failed"*) ;;
-    *) echo "$err" >&2; exit 1 ;;
-  esac
-  if [ ! -s "$state" ]; then
-    echo "provision: the superuser password was refused and no previous password is recorded" >&2
-    exit 1
-  fi
-  PGPASSWORD="$(cat "$state")" psql -X -q -v ON_ERROR_STOP=1 -v su="$PGUSER" <<'SQL'
-\\set pw `cat "$POSTGRES_PASSWORD_FILE"`
-ALTER ROLE :"su" PASSWORD :'pw';
-SQL
-  log "superuser password rotated"
-fi
-cp "$POSTGRES_PASSWORD_FILE" "$state.tmp" && mv -f "$state.tmp" "$state"
-
-creds="$APP_CREDENTIALS_FILE"
-app_state="$PROVISION_STATE_DIR/app_credentials"
-slot_a="$APP_DB_USER"
-slot_b="${APP_DB_USER}_b"
-new_pw="$(cat "$APP_DB_PASSWORD_FILE")"
-old_user=""
-old_pw=""
-if [ -s "$app_state" ]; then
-  old_user=$(sed -n 1p "$app_state")
-  old_pw=$(sed -n 2p "$app_state")
-fi
-if [ -z "$old_user" ]; then active="$slot_a"
-elif [ "$old_pw" = "$new_pw" ]; then active="$old_user"
-elif [ "$old_user" = "$slot_a" ]; then active="$slot_b"
-else active="$slot_a"
-fi
-if [ "$active" = "$slot_a" ]; then inactive="$slot_b"; else inactive="$slot_a"; fi
-
-psql -X -q -v ON_ERROR_STOP=1 -v active="$active" -v inactive="$inactive" -v app_group="${APP_DB_USER}_rw" \\
-  -f /provision/provision.sql
-
-printf '%s\\n%s\\n' "$active" "$new_pw" > "$app_state.tmp"
-mv -f "$app_state.tmp" "$app_state"
-rm -f "$creds.tmp"
-cp "$app_state" "$creds.tmp"
-chmod 0400 "$creds.tmp"
-chown "$APP_UID:$APP_UID" "$creds.tmp"
-mv -f "$creds.tmp" "$creds"
-
-if [ -n "$old_user" ] && [ "$old_user" != "$active" ]; then
-  log "app role moves from $old_user to $active; waiting for $old_user sessions to end"
-  sleep 3
-  i=0
-  while [ "$i" -lt 60 ] && [ "$(sessions_of "$old_user")" != "0" ]; do
-    i=$((i + 1))
-    sleep 0.5
-  done
-fi
-psql -X -q -v ON_ERROR_STOP=1 -v r="$inactive" <<'SQL' >/dev/null
-ALTER ROLE :"r" NOLOGIN PASSWORD NULL;
-SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :'r';
-SQL
-log "done; the app connects as $active"
-"""
-
-PROVISION_SQL = """\
-\\set app_password `cat "$APP_DB_PASSWORD_FILE"`
-SELECT format('CREATE ROLE %I NOLOGIN', :'app_group')
- WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'app_group') \\gexec
-SELECT format('CREATE ROLE %I NOLOGIN', r) FROM (VALUES (:'active'), (:'inactive')) AS v(r)
- WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = r) \\gexec
-ALTER ROLE :"active" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'app_password';
-GRANT :"app_group" TO :"active";
-GRANT :"app_group" TO :"inactive";
-REVOKE ALL ON DATABASE :"DBNAME" FROM PUBLIC;
-GRANT CONNECT ON DATABASE :"DBNAME" TO :"app_group";
-REVOKE CREATE ON SCHEMA public FROM PUBLIC;
-GRANT USAGE ON SCHEMA public TO :"app_group";
-CREATE TABLE IF NOT EXISTS stock_prices (
-    id bigserial PRIMARY KEY,
-    symbol text NOT NULL CHECK (symbol ~ '^[A-Z0-9.]{1,12}$'),
-    day date NOT NULL,
-    close numeric(14, 4) NOT NULL CHECK (close >= 0),
-    created_at timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (symbol, day)
-);
-GRANT SELECT, INSERT, UPDATE ON stock_prices TO :"app_group";
-GRANT USAGE ON SEQUENCE stock_prices_id_seq TO :"app_group";
-"""

@@ -10,7 +10,7 @@ import pulumi
 import pulumi.runtime
 import yaml
 
-from components.settings import PROJECT, SECRETS, ConfigError, StackSettings, load_settings
+from components.settings import PROJECT, USER_SECRETS, ConfigError, StackSettings, load_settings
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 _PREFIX = f"{PROJECT}:"
@@ -45,12 +45,12 @@ def read_stack_config(stack: str) -> tuple[StackSettings, dict[str, pulumi.Outpu
     except ConfigError as err:
         raise pulumi.RunError(str(err)) from None
     config = pulumi.Config(PROJECT)
-    provided = {s.name: config.require_secret(s.config_key) for s in SECRETS if s.config_key in raw}
+    provided = {s.name: config.require_secret(s.config_key) for s in USER_SECRETS if s.config_key in raw}
     return settings, provided
 
 
 def _refuse_plaintext_passwords(plaintext_keys: set[str]) -> None:
-    for spec in SECRETS:
+    for spec in USER_SECRETS:
         if spec.config_key in plaintext_keys:
             raise ConfigError(
                 f"config key '{_PREFIX}{spec.config_key}' holds a plaintext value; allowed: a secret, set with "
@@ -60,7 +60,7 @@ def _refuse_plaintext_passwords(plaintext_keys: set[str]) -> None:
 
 def _drop_unset_secrets(raw: dict[str, str]) -> dict[str, str]:
     """Pulumi.yaml declares each password key with an empty default, meaning "generate one"."""
-    return {k: v for k, v in raw.items() if not (v == "" and k in {s.config_key for s in SECRETS})}
+    return {k: v for k, v in raw.items() if not (v == "" and k in {s.config_key for s in USER_SECRETS})}
 
 
 def stack_file(stack: str, project_dir: Path = PROJECT_DIR) -> Path:

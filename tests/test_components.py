@@ -36,7 +36,7 @@ def test_credentials_alone_generates_only_what_is_not_provided() -> None:
     checks: dict[str, bool] = {}
     rec = run(body, "t1", {})
     assert sorted(r.name for r in rec.of_type("random:index/randomPassword:RandomPassword")) == [
-        "c-app-db-password", "c-postgres-password"]
+        "c-app-db-password", "c-postgres-bootstrap-password", "c-postgres-password"]
     assert checks == {s.name: True for s in SECRETS}
 
 
@@ -48,7 +48,8 @@ def test_database_alone() -> None:
     containers = rec.containers()
     assert set(containers) == {"postgres", "db-provision"}
     env = dict(e.split("=", 1) for e in containers["postgres"].inputs["envs"])
-    assert env["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+    # The server knows only the bootstrap password: a superuser rotation never touches it.
+    assert env["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_bootstrap_password"
     assert "POSTGRES_PASSWORD" not in env
     assert is_secret(containers["postgres"].inputs["uploads"])
     assert containers["postgres"].inputs["networksAdvanced"] == [{"name": "n1", "aliases": ["postgres"]}]

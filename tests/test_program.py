@@ -45,7 +45,7 @@ def test_resource_graph(rec: Recording, stack: str) -> None:
     assert names == sorted([
         ("stock-analyzer:credentials:Credentials", "credentials"),
         *(("random:index/randomPassword:RandomPassword", f"credentials-{n}")
-          for n in ("postgres-password", "app-db-password", "admin-password")),
+          for n in ("postgres-password", "app-db-password", "admin-password", "postgres-bootstrap-password")),
         ("stock-analyzer:network:Network", "network"),
         ("docker:index/network:Network", "network-bridge"),
         ("stock-analyzer:database:Database", "database"),

@@ -12,7 +12,8 @@ from tests.pulumi_mocks import PROJECT, Recording, committed_config, is_secret, 
 # or any volume; the app containers read the rotated credential from a volume, so they stay too.
 EXPECTED = {
     "appDbPasswordVersion": {"credentials-app-db-password", "database-provision"},
-    "postgresPasswordVersion": {"credentials-postgres-password", "database-server", "database-provision"},
+    # The server container carries only the bootstrap password: it stays (issue #8: no restart, 0 failures).
+    "postgresPasswordVersion": {"credentials-postgres-password", "database-provision"},
     "adminPasswordVersion": {"credentials-admin-password", "app-admin"},
 }
 # Stack output names, not values.

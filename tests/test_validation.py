@@ -45,6 +45,22 @@ CASES = [
     ("prod", {"postgresHostPort": "5446"}, "postgresHostPort", "5446", "prod publishes no database port"),
     ("prod", {"protectData": "false"}, "protectData", "false", "true in prod"),
     ("prod", {"apiMemory": ""}, "apiMemory", "''", "prod sets one on every container"),
+    # Issue #8: every role the job manages differs from the superuser and from names PostgreSQL reserves.
+    ("dev", {"dbSuperuser": "stock_app_rw"}, "dbSuperuser", "stock_app_rw", "other than the app's roles"),
+    ("dev", {"dbSuperuser": "stock_app_b"}, "dbSuperuser", "stock_app_b", "other than the app's roles"),
+    ("dev", {"dbAppUser": "pg_app"}, "dbAppUser", "pg_app", "not pg_*"),
+    ("dev", {"dbAppUser": "public"}, "dbAppUser", "public", "does not reserve"),
+    ("dev", {"dbSuperuser": "pg_monitor"}, "dbSuperuser", "pg_monitor", "not pg_*"),
+    ("dev", {"dbName": "template1"}, "dbName", "template1", "not a template database"),
+    # Whole values only: no trailing newline or other control character, in any key.
+    ("dev", {"dbAppUser": "stock_app\n"}, "dbAppUser", "'stock_app\\n'", "no control"),
+    ("dev", {"dbName": "stock\tanalysis"}, "dbName", "'stock\\tanalysis'", "no control"),
+    ("dev", {"postgresImage": "postgres:17.6\n"}, "postgresImage", "'postgres:17.6\\n'", "U+000A"),
+    ("dev", {"appImageName": "app\r"}, "appImageName", "'app\\r'", "U+000D"),
+    ("dev", {"adminUser": "admin\u200b"}, "adminUser", "admin", "U+200B"),
+    ("dev", {"apiHostPort": " 5000"}, "apiHostPort", "' 5000'", "integer"),
+    ("dev", {"protectData": "true "}, "protectData", "'true '", "true or false"),
+    ("dev", {"apiMemory": "256Mi "}, "apiMemory", "'256Mi '", "256Mi"),
 ]
 
 
@@ -93,7 +109,8 @@ def test_user_supplied_password_replaces_generated_one_and_stays_secret() -> Non
     own = "user-chosen-admin-credential-0123456789"
     rec = run_program("dev", _with("dev", adminPassword=own), secret_keys=("adminPassword",))
     names = {r.name for r in rec.of_type("random:index/randomPassword:RandomPassword")}
-    assert names == {"credentials-postgres-password", "credentials-app-db-password"}
+    assert names == {"credentials-postgres-password", "credentials-app-db-password",
+                     "credentials-postgres-bootstrap-password"}
     assert is_secret(rec.outputs["admin_password"]) and plain(rec.outputs["admin_password"]) == own
     admin = rec.containers()["admin"]
     assert is_secret(admin.inputs["uploads"])
@@ -102,4 +119,24 @@ def test_user_supplied_password_replaces_generated_one_and_stays_secret() -> Non
 
 def test_empty_password_default_means_generate() -> None:
     rec = run_program("dev", _with("dev", adminPassword=""))
-    assert len(rec.of_type("random:index/randomPassword:RandomPassword")) == 3
+    assert len(rec.of_type("random:index/randomPassword:RandomPassword")) == 4
+
+
+def test_control_character_in_a_password_is_refused_without_echoing_it() -> None:
+    own = "user-chosen-admin-credential\n"
+    with pytest.raises(pulumi.RunError) as err:
+        run_program("dev", _with("dev", adminPassword=own), secret_keys=("adminPassword",))
+    assert "'stock-analyzer:adminPassword'" in str(err.value) and "U+000A" in str(err.value)
+    assert "user-chosen" not in str(err.value)
+
+
+@pytest.mark.parametrize("whole", ["stock_app", "postgres:17.6-trixie", "stock-analyzer-app", "512Mi", "10m"])
+def test_validation_judges_whole_values(whole: str) -> None:
+    """The patterns themselves (not only the control-character check) refuse a suffix after a valid value."""
+    from components import settings
+
+    patterns = [settings._IDENT, settings._IMAGE_REF, settings._REPO, settings._MEMORY, settings._LOG_SIZE]
+    matching = [p for p in patterns if p.fullmatch(whole)]
+    assert matching, whole
+    for p in matching:
+        assert p.fullmatch(whole + "\n") is None and p.fullmatch(whole + " x") is None
