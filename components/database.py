@@ -70,7 +70,8 @@ class Database(pulumi.ComponentResource):
         self.container_name = self.server.name
         self.volume_name = self.volume_names[VOL_DATA]
         self.image_id = image.image_id
-        self.provisioned = self.provision.exit_code.apply(_require_success)
+        self.provisioned = pulumi.Output.all(self.provision.exit_code, self.provision.urn).apply(
+            lambda code_urn: _require_success(code_urn[0], code_urn[1], s.stack, s.provision.container_name))
         self.register_outputs({
             "container_name": self.container_name,
             "volume_name": self.volume_name,
@@ -80,8 +81,16 @@ class Database(pulumi.ComponentResource):
         })
 
 
-def _require_success(code: int | None) -> str:
-    """Fail the update when the provisioning job failed, before any app container is touched."""
+def _require_success(code: int | None, urn: str, stack: str, container: str) -> str:
+    """Fail the update when the provisioning job failed, before any app container is touched.
+
+    The docker provider keeps a finished job in state with its exit code; with unchanged inputs a plain
+    `pulumi up` would not run it again and would fail the same way. The message names the one command
+    that re-runs it (the job is idempotent and safe to repeat).
+    """
     if code not in (0, None):
-        raise RuntimeError(f"database provisioning exited with code {code}; see `docker logs` of the job")
+        raise RuntimeError(
+            f"database provisioning exited with code {code} (see `docker logs {container}`); after fixing the "
+            f"cause, run the job again with: pulumi up --stack {stack} --replace '{urn}'"
+        )
     return "ok"

@@ -42,7 +42,13 @@ def is_secret(value: Any) -> bool:
 
 
 class Mocks(pulumi.runtime.Mocks):
-    """Computed outputs are derived from inputs, so two runs with one config give identical state."""
+    """Computed outputs are derived from inputs, so two runs with one config give identical state.
+
+    `exit_codes` (resource name -> code) stands in for what the engine recorded for a finished job.
+    """
+
+    def __init__(self, exit_codes: Mapping[str, int] | None = None) -> None:
+        self.exit_codes = dict(exit_codes or {})
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
         state = dict(args.inputs)
@@ -55,7 +61,7 @@ class Mocks(pulumi.runtime.Mocks):
             # Not secret here on purpose: real providers mark it, mocks do not, so the program must.
             state["result"] = key[: int(args.inputs.get("length", 32))]
         elif args.typ == "docker:index/container:Container":
-            state["exitCode"] = 0
+            state["exitCode"] = self.exit_codes.get(args.name, 0)
         return f"{args.name}-id", state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
@@ -163,9 +169,9 @@ def committed_config(stack: str) -> dict[str, str]:
 
 
 def run(body: Callable[[], Any], stack: str, config: Mapping[str, str],
-        secret_keys: tuple[str, ...] = ()) -> Recording:
+        secret_keys: tuple[str, ...] = (), exit_codes: Mapping[str, int] | None = None) -> Recording:
     recording = Recording()
-    mocks = Mocks()
+    mocks = Mocks(exit_codes)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False,
                              monitor=RecordingMonitor(mocks, recording))
     pulumi.runtime.set_all_config(dict(config), [f"{PROJECT}:{k}" if ":" not in k else k for k in secret_keys])
@@ -180,7 +186,8 @@ def run(body: Callable[[], Any], stack: str, config: Mapping[str, str],
 
 
 def run_program(stack: str, config: Mapping[str, str] | None = None,
-                secret_keys: tuple[str, ...] = ()) -> Recording:
+                secret_keys: tuple[str, ...] = (), exit_codes: Mapping[str, int] | None = None) -> Recording:
     """The whole program, as `pulumi up` would run it, for `stack` with `config` (default: as committed)."""
     cfg = committed_config(stack) if config is None else dict(config)
-    return run(lambda: runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__"), stack, cfg, secret_keys)
+    return run(lambda: runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__"), stack, cfg, secret_keys,
+               exit_codes)

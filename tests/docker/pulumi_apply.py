@@ -95,6 +95,16 @@ def _check_known(r: Resource) -> None:
             assert not extra, f"harness does not understand {key} fields {sorted(extra)} of {r.name}"
 
 
+class JobFailedError(AssertionError):
+    """A one-shot container (attach) exited non-zero. The provider records it as created, with its exit
+    code; the program's check of that code then fails the update before the app containers."""
+
+    def __init__(self, resource: str, container: str, code: int) -> None:
+        self.resource, self.container, self.code = resource, container, code
+        logs = sh("docker", "logs", container, check=False)
+        super().__init__(f"{container} exited {code}: {(logs.stdout + logs.stderr)[-2000:]}")
+
+
 @dataclass
 class Applied:
     """What was created, for the scenario and for teardown."""
@@ -104,6 +114,7 @@ class Applied:
     networks: list[str] = field(default_factory=list)
     volumes: list[str] = field(default_factory=list)
     passwords: dict[str, str] = field(default_factory=dict)  # resource name -> generated value
+    exit_codes: dict[str, int] = field(default_factory=dict)  # resource name -> exit code of a finished job
     timings: dict[str, float] = field(default_factory=dict)
 
     def resolve(self, value: Any) -> Any:
@@ -175,7 +186,8 @@ def _tar(uploads: list[dict[str, Any]]) -> bytes:
     return buf.getvalue()
 
 
-def _container(i: dict[str, Any], applied: Applied) -> None:
+def _container(i: dict[str, Any], applied: Applied) -> int | None:
+    """Create and start as the provider does; returns the exit code of an attached (one-shot) container."""
     name = i["name"]
     nets = i.get("networksAdvanced", [])
     assert len(nets) == 1, "harness handles exactly one network per container"
@@ -233,10 +245,12 @@ def _container(i: dict[str, Any], applied: Applied) -> None:
     status, body = engine("POST", f"/containers/{name}/start")
     assert status == 204, f"start {name}: {status} {body}"
     started = time.monotonic()
+    exit_code = None
     if i.get("attach"):
+        # As the provider: wait for the exit and record the code; a non-zero code does not fail the create.
         status, body = engine("POST", f"/containers/{name}/wait", timeout=300)
-        assert status == 200 and body["StatusCode"] == 0, (
-            f"{name} exited {body}: {sh('docker', 'logs', name, check=False).stderr[-2000:]}")
+        assert status == 200, f"wait {name}: {status} {body}"
+        exit_code = int(body["StatusCode"])
     if i.get("wait"):
         deadline = started + int(i.get("waitTimeout", 60))
         while True:
@@ -248,6 +262,7 @@ def _container(i: dict[str, Any], applied: Applied) -> None:
             assert time.monotonic() < deadline, f"{name} not healthy within waitTimeout"
             time.sleep(0.2)
     applied.timings[name] = time.monotonic() - started
+    return exit_code
 
 
 def _remove_container(applied: Applied, name: str) -> None:
@@ -261,13 +276,17 @@ def _remove_container(applied: Applied, name: str) -> None:
     applied.containers = [(n, g) for n, g in applied.containers if n != name]
 
 
-def update(applied: Applied, before: Recording, after: Recording, ca_bundle: Path | None = None) -> list[str]:
-    """`pulumi up` from `before` to `after`: replace each resource whose inputs changed (containers
-    delete-before-replace, as the program asks), in dependency order. Returns the replaced names."""
+def update(applied: Applied, before: Recording, after: Recording, ca_bundle: Path | None = None,
+           replace: tuple[str, ...] = ()) -> list[str]:
+    """`pulumi up [--replace URN ...]` from `before` to `after`: replace each resource whose inputs changed
+    or whose URN is in `replace` (containers delete-before-replace, as the program asks), in dependency
+    order. Returns the replaced names; raises `JobFailedError` where the program's check would stop the update."""
     old = {r.name: json.dumps(plain(r.inputs), sort_keys=True) for r in before.resources if r.custom}
+    known_urns = {r.urn for r in after.resources}
+    assert set(replace) <= known_urns, f"--replace names no resource: {set(replace) - known_urns}"
     replaced = []
     for r in _order(after):
-        if old.get(r.name) == json.dumps(plain(r.inputs), sort_keys=True):
+        if old.get(r.name) == json.dumps(plain(r.inputs), sort_keys=True) and r.urn not in replace:
             continue
         assert r.type in ("random:index/randomPassword:RandomPassword", "docker:index/container:Container"), (
             f"harness does not update {r.type} ({r.name})")
@@ -276,6 +295,9 @@ def update(applied: Applied, before: Recording, after: Recording, ca_bundle: Pat
             _remove_container(applied, applied.resolve(r.inputs)["name"])
         _create(r, applied, ca_bundle)
         replaced.append(r.name)
+        code = applied.exit_codes.get(r.name)
+        if code:
+            raise JobFailedError(r.name, applied.resolve(r.inputs)["name"], code)
     return replaced
 
 
@@ -314,7 +336,9 @@ def _create(r: Resource, applied: Applied, ca_bundle: Path | None) -> None:
         image_id = sh("docker", "image", "inspect", "-f", "{{.Id}}", i["imageName"]).stdout.strip()
         applied.real[r.state["repoDigest"]] = image_id
     elif r.type == "docker:index/container:Container":
-        _container(i, applied)
+        code = _container(i, applied)
+        if code is not None:
+            applied.exit_codes[r.name] = code
 
 
 def apply(rec: Recording, ca_bundle: Path | None = None) -> Applied:
@@ -322,6 +346,8 @@ def apply(rec: Recording, ca_bundle: Path | None = None) -> Applied:
     try:
         for r in _order(rec):
             _create(r, applied, ca_bundle)
+            if applied.exit_codes.get(r.name):
+                raise JobFailedError(r.name, applied.resolve(r.inputs)["name"], applied.exit_codes[r.name])
     except BaseException:
         applied.destroy()
         raise
