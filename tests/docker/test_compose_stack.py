@@ -5,24 +5,23 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shlex
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 
 from components import compose
-from components.settings import StackSettings
-from tests.docker.conftest import ca_bundle
+from components.settings import USER_SECRETS, StackSettings
+from tests.docker.compose_support import Stack, exported_stack, open_credentials
 from tests.docker.support import (
     RequestLoop,
     health,
     http,
     inspect,
     postgres_dsn,
-    remove_containers,
     sh,
     wait_for,
     wait_healthy,
@@ -33,52 +32,16 @@ WRONG_PASSWORD = "wrong-password"  # pragma: allowlist secret (deliberately wron
 ROWS = [{"symbol": "ACME", "day": f"2024-01-{d:02d}", "close": f"{100 + d}.25"} for d in range(1, 11)]
 
 
-class Stack:
-    def __init__(self, out: Path, s: StackSettings) -> None:
-        self.out, self.s = out, s
-        self.file = str(out / "compose.yaml")
-        self.names = {c.service: c.container_name for c in s.containers}
-        self.services = [c.container_name for c in s.containers if c.healthcheck]
-
-    def compose(self, *args: str, timeout: float = 600) -> str:
-        return sh("docker", "compose", "-f", self.file, *args, timeout=timeout).stdout
-
-    def url(self, service: str, path: str) -> str:
-        port = self.s.app(service).ports[0]
-        return f"http://{port.host_ip}:{port.host_port}{path}"
-
-    def secret(self, name: str) -> str:
-        return (self.out / "secrets" / name).read_text()
-
-
-def open_credentials(stack: Stack) -> list[str]:
-    """The app's current (user, password), as the provisioning job wrote them for the app."""
-    out = sh("docker", "exec", stack.names["api"], "cat", "/run/app-credentials/db").stdout
-    return out.splitlines()
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, base_images: dict[str, str],
           dev_settings: StackSettings) -> Iterator[Stack]:
-    out = tmp_path_factory.mktemp("compose-dev")
-    assert compose.export("dev", out, ca_bundle=ca_bundle()) == ["postgres_password", "app_db_password",
-                                                                "admin_password"]
-    st = Stack(out, dev_settings)
-    remove_containers(dev_settings.prefix + "-")
-    for volume in dev_settings.volumes.values():
-        sh("docker", "volume", "rm", "-f", volume, check=False)
-    st.compose("build")
-    yield st
-    sh("docker", "compose", "-f", st.file, "down", "--volumes", "--timeout", "20", check=False, timeout=180)
+    yield from exported_stack(tmp_path_factory.mktemp("compose-dev"), dev_settings)
 
 
 @pytest.fixture(scope="module")
 def up(stack: Stack) -> float:
-    """Seconds from `up` (which itself waits for the database and the provisioning job) to all healthy."""
-    start = time.monotonic()
-    stack.compose("up", "-d")
-    wait_healthy(stack.services, timeout_s=180)
-    return time.monotonic() - start
+    """Seconds from `up -d --build` (which itself waits for the database and the job) to all healthy."""
+    return stack.up()
 
 
 def test_all_services_healthy_and_answering(stack: Stack, up: float) -> None:
@@ -186,3 +149,63 @@ def test_final_image_holds_no_compiler(stack: Stack, up: float) -> None:
              " + glob.glob('/usr/bin/*-gcc*') + glob.glob('/usr/lib/gcc/*'); print(hits); sys.exit(1 if hits else 0)")
     result = sh("docker", "run", "--rm", "--entrypoint", "python", stack.s.app_image, "-c", probe, check=False)
     assert result.returncode == 0, result.stdout
+
+
+APPS = ("api", "frontend", "admin")
+
+
+def _running(stack: Stack) -> dict[str, tuple[str, str, int]]:
+    """(container id, start time, restart count) of every long-running container."""
+    out = {}
+    for svc in ("postgres", *APPS):
+        info = inspect(stack.names[svc])
+        out[svc] = (info["Id"], info["State"]["StartedAt"], info["RestartCount"])
+    return out
+
+
+def test_one_build_labels_every_app_container_with_the_tagged_image(stack: Stack, up: float) -> None:
+    """Issue #8.6: three builds of one tag left containers labelled with other images than the tag's, and
+    the next `up -d` recreated them."""
+    tagged = sh("docker", "image", "inspect", "-f", "{{.Id}}", stack.s.app_image).stdout.strip()
+    for svc in APPS:
+        info = inspect(stack.names[svc])
+        assert info["Image"] == tagged, svc
+        assert info["Config"]["Labels"]["com.docker.compose.image"] == tagged, svc
+
+
+@pytest.mark.parametrize("name", [s.name for s in USER_SECRETS])
+def test_rotation_applied_as_the_cli_says_recreates_nothing(stack: Stack, up: float, name: str,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue #8.6: each `--rotate NAME`, applied with exactly the command the CLI prints: no running
+    container is recreated or restarted, no request fails, and the new secret is the one that works."""
+    before = _running(stack)
+    old = stack.secret(name)
+    urls = [stack.url("api", "/health"), stack.url("api", "/prices?symbol=ACME"), stack.url("frontend", "/")]
+    capsys.readouterr()
+    with RequestLoop(urls) as loop:
+        assert compose.main(["--stack", "dev", "--out", str(stack.out), "--rotate", name]) == 0
+        printed = capsys.readouterr().out
+        command = printed.split("apply with: ", 1)[1].strip()
+        assert shlex.split(command)[:2] == ["docker", "compose"], printed
+        sh(*shlex.split(command), timeout=300)
+        time.sleep(1)
+    print(f"compose rotation of {name}: {loop.count} requests, {len(loop.failures)} failed")
+    assert loop.failures == [] and loop.count >= 20
+    assert _running(stack) == before, "a running container was recreated or restarted"
+    assert inspect(stack.names["db-provision"])["State"]["ExitCode"] == 0
+    new = stack.secret(name)
+    assert new != old
+    if name == "admin_password":
+        def basic(pw: str) -> dict[str, str]:
+            return {"Authorization": "Basic " + base64.b64encode(f"{stack.s.admin_user}:{pw}".encode()).decode()}
+        assert http("GET", stack.url("admin", "/"), headers=basic(old))[0] == 401
+        assert http("GET", stack.url("admin", "/"), headers=basic(new))[0] == 200
+        return
+    dsn = postgres_dsn(stack.s)
+    app_roles = [stack.s.db_app_user, f"{stack.s.db_app_user}_b"]
+    for user in [stack.s.db_superuser] if name == "postgres_password" else app_roles:
+        with pytest.raises(psycopg.OperationalError, match=r"password authentication failed|not permitted to log in"):
+            psycopg.connect(dsn, user=user, password=old).close()
+    user = stack.s.db_superuser if name == "postgres_password" else open_credentials(stack)[0]
+    with psycopg.connect(dsn, user=user, password=new) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
