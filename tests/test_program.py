@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from typing import Any
 
 import pytest
@@ -326,3 +327,19 @@ def test_deterministic(stack: str) -> None:
 
     first, second = run_program(stack), run_program(stack)
     assert snapshot(first) == snapshot(second)
+
+
+def test_provision_files_are_uploaded_and_send_no_password_in_sql(rec: Recording) -> None:
+    """Issue #8.4: every provisioning file reaches the job, and none sets a password from SQL text (a failing
+    statement is logged with its text); passwords go only through psql's \\password (a SCRAM verifier)."""
+    from components.settings import PROVISION_SOURCE
+
+    job = rec.containers()["db-provision"].inputs
+    uploaded = {u["file"]: u["content"] for u in plain(job["uploads"])}
+    on_disk = {f"/provision/{p.name}": p.read_text() for p in PROVISION_SOURCE.iterdir()}
+    assert {k: v for k, v in uploaded.items() if k.startswith("/provision/")} == on_disk
+    for name, text in on_disk.items():
+        sets = re.findall(r"\bPASSWORD\s+(?!NULL\b)\S+", text)
+        assert sets == [], (name, sets)
+    script = on_disk["/provision/provision.sh"]
+    assert script.count('\\\\password') == 1 and "set_password" in script

