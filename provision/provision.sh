@@ -114,9 +114,20 @@ group="${APP_DB_USER}_rw"
 creds="$APP_CREDENTIALS_FILE"
 cur_user=""
 cur_pw=""
+rewrite=""
+legacy="$state/app_credentials"
 if [ -s "$creds" ]; then
-  cur_user=$(sed -n 1p "$creds")
-  cur_pw=$(sed -n 2p "$creds")
+  if cur_user=$(sed -n 1p "$creds" 2>/dev/null); then
+    cur_pw=$(sed -n 2p "$creds")
+  elif [ -s "$legacy" ]; then
+    # Left by an older job version: the file is 0400 and the app's, unreadable here; that version kept the
+    # same two lines in its record. Rewrite the file readable (same content) below.
+    cur_user=$(sed -n 1p "$legacy")
+    cur_pw=$(sed -n 2p "$legacy")
+    rewrite=1
+  else
+    die "cannot read $creds and no record says which role the app uses"
+  fi
 fi
 new_pw=$(cat "$APP_DB_PASSWORD_FILE")
 if [ "$cur_user" = "$slot_a" ] || [ "$cur_user" = "$slot_b" ]; then
@@ -140,7 +151,7 @@ sqlv -f /provision/provision.sql
 set_password "$active" "$APP_DB_PASSWORD_FILE"
 step_done roles
 
-if [ "$cur_user" != "$active" ] || [ "$cur_pw" != "$new_pw" ]; then
+if [ -n "$rewrite" ] || [ "$cur_user" != "$active" ] || [ "$cur_pw" != "$new_pw" ]; then
   rm -f "$creds.tmp"
   printf '%s\n%s\n' "$active" "$new_pw" > "$creds.tmp"
   # Owner: the app's uid; group root, so that this job (root without DAC_OVERRIDE) can read it next time.
@@ -176,6 +187,6 @@ step_done disable
 printf '%s\n%s\n' "$APP_DB_USER" "$active" > "$tmp/record"
 write_atomic "$tmp/record" "$state/app_role"
 # The record of an older job version held a copy of the app's password: no longer needed.
-rm -f "$state/app_credentials"
+rm -f "$legacy"
 step_done record
 log "done; the app connects as $active"

@@ -182,3 +182,27 @@ def test_renamed_app_role_retires_the_old_ones(stack: Stack) -> None:
         assert role(stack, r) is None
     assert refused(stack, "renamed_app", password)
     assert open_credentials(stack)[0] == s.db_app_user
+
+
+def test_upgrade_from_the_previous_job_version(stack: Stack) -> None:
+    """Files as the previous job version left them: the credential file 0400 and the app's (unreadable to
+    the job, which runs without DAC_OVERRIDE), a copy of it in the job's record. The new job goes on from
+    there: the app stays on its role, the file becomes readable to the job, the copy is removed."""
+    user, password = open_credentials(stack)
+    legacy_layout = ('f="$APP_CREDENTIALS_FILE"; cp "$f" "$PROVISION_STATE_DIR/app_credentials" && cp "$f" "$f.old"'
+                     ' && chmod 0400 "$f.old" && chown "$APP_UID:$APP_UID" "$f.old" && mv -f "$f.old" "$f"')
+    code, out = run_job(stack, entrypoint=("sh", "-c", legacy_layout))
+    assert code == 0, out
+    api = stack.names["api"]
+    assert sh("docker", "exec", api, "stat", "-c", "%u %g %a", "/run/app-credentials/db").stdout.split() == [
+        "10001", "10001", "400"]
+    with RequestLoop(api_urls(stack)) as loop:
+        code, out = run_job(stack)
+        time.sleep(0.5)
+    assert code == 0, out[-2000:]
+    assert loop.failures == []
+    assert open_credentials(stack) == [user, password]
+    assert sh("docker", "exec", api, "stat", "-c", "%u %g %a", "/run/app-credentials/db").stdout.split() == [
+        "10001", "0", "440"]
+    code, out = run_job(stack, entrypoint=("sh", "-c", 'test ! -e "$PROVISION_STATE_DIR/app_credentials"'))
+    assert code == 0, "the copy of the app's password is gone"
