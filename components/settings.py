@@ -204,6 +204,7 @@ _T = TypeVar("_T")
 _IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # Names PostgreSQL refuses or treats as keywords in role positions; pg_* is reserved as a prefix.
 RESERVED_ROLE_NAMES = ("all", "current_role", "current_user", "none", "public", "session_user", "user")
+RESERVED_ROLE_PREFIX = "pg_"
 RESERVED_DB_NAMES = ("template0", "template1")
 # Docker reference grammar (distribution/reference), with a mandatory tag or digest.
 _NAME_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -308,19 +309,19 @@ class _Reader:
     def choice(self, key: str, allowed: tuple[str, ...]) -> str:
         return self.parsed(key, lambda v: v if v in allowed else _raise(), "one of " + ", ".join(allowed))
 
-    def ident(self, key: str) -> str:
-        return self.parsed(key, lambda v: v if _IDENT.fullmatch(v) else _raise(),
-                           "a lower-case SQL identifier: [a-z_][a-z0-9_]*, at most 63 characters")
-
-    def role(self, key: str) -> str:
+    def ident(self, key: str, reserved: tuple[str, ...] = (), reserved_prefix: str = "", why: str = "") -> str:
+        """A lower-case SQL identifier, none of `reserved` and not starting with `reserved_prefix`."""
         def parse(v: str) -> str:
-            if not _IDENT.fullmatch(v) or v.startswith("pg_") or v in RESERVED_ROLE_NAMES:
+            if not _IDENT.fullmatch(v) or v in reserved or (reserved_prefix and v.startswith(reserved_prefix)):
                 raise ValueError
             return v
 
-        return self.parsed(key, parse, "a lower-case SQL identifier ([a-z_][a-z0-9_]*, at most 63 characters) "
-                                       "that PostgreSQL does not reserve (not pg_*, not "
-                                       + ", ".join(RESERVED_ROLE_NAMES) + ")")
+        return self.parsed(key, parse, "a lower-case SQL identifier ([a-z_][a-z0-9_]*, at most 63 characters)" + why)
+
+    def role(self, key: str) -> str:
+        return self.ident(key, RESERVED_ROLE_NAMES, RESERVED_ROLE_PREFIX,
+                          f" that PostgreSQL does not reserve (not {RESERVED_ROLE_PREFIX}*, not "
+                          + ", ".join(RESERVED_ROLE_NAMES) + ")")
 
     def ip(self, key: str, loopback_only: bool = False) -> str:
         def parse(v: str) -> str:
@@ -411,9 +412,7 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
     environment = r.choice("environment", ENVIRONMENTS)
     prod = environment == "prod"
 
-    db_name = r.parsed("dbName", lambda v: v if _IDENT.fullmatch(v) and v not in RESERVED_DB_NAMES else _raise(),
-                       "a lower-case SQL identifier ([a-z_][a-z0-9_]*, at most 63 characters), not a template "
-                       "database")
+    db_name = r.ident("dbName", RESERVED_DB_NAMES, why=", not a template database")
     superuser, app_user = r.role("dbSuperuser"), r.role("dbAppUser")
     if len(app_user) > 60:  # room for the _b (second login role) and _rw (group) suffixes
         raise _fail("dbAppUser", app_user, "at most 60 characters")
