@@ -3,10 +3,7 @@
 -- re-passwords or disables a role with superuser-level rights, never uses a reserved name, and never
 -- hands the app a role that is (or is a member of) a powerful one.
 -- Variables: su, active, idle, app_group.
-SET provision.su = :'su';
-SET provision.active = :'active';
-SET provision.idle = :'idle';
-SET provision.app_group = :'app_group';
+\ir settings.sql
 DO $guard$
 DECLARE
   su text := current_setting('provision.su');

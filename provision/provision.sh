@@ -41,9 +41,13 @@ step_done() {
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-# A crash leaves the old file or the new one, never half of one.
-write_atomic() {  # $1 source file, $2 destination
+# A crash leaves the old file or the new one, never half of one. Mode and owner are set on the copy
+# before the rename (mode first: once the file is another uid's, root without FOWNER may not chmod it).
+write_atomic() {  # $1 source file, $2 destination, [$3 mode, $4 owner]
+  rm -f "$2.tmp"
   cp "$1" "$2.tmp"
+  if [ -n "${3:-}" ]; then chmod "$3" "$2.tmp"; fi
+  if [ -n "${4:-}" ]; then chown "$4" "$2.tmp"; fi
   sync "$2.tmp"
   mv -f "$2.tmp" "$2"
   sync "$(dirname "$2")"
@@ -152,15 +156,9 @@ set_password "$active" "$APP_DB_PASSWORD_FILE"
 step_done roles
 
 if [ -n "$rewrite" ] || [ "$cur_user" != "$active" ] || [ "$cur_pw" != "$new_pw" ]; then
-  rm -f "$creds.tmp"
-  printf '%s\n%s\n' "$active" "$new_pw" > "$creds.tmp"
+  printf '%s\n%s\n' "$active" "$new_pw" > "$tmp/creds"
   # Owner: the app's uid; group root, so that this job (root without DAC_OVERRIDE) can read it next time.
-  # chmod first: once the file belongs to the app, root without FOWNER may not change its mode.
-  chmod 0440 "$creds.tmp"
-  chown "$APP_UID:0" "$creds.tmp"
-  sync "$creds.tmp"
-  mv -f "$creds.tmp" "$creds"
-  sync "$(dirname "$creds")"
+  write_atomic "$tmp/creds" "$creds" 0440 "$APP_UID:0"
   if [ -n "$cur_user" ] && [ "$cur_user" != "$active" ]; then
     log "app role moves from $cur_user to $active"
   fi

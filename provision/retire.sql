@@ -3,10 +3,7 @@
 -- configured (left from a renamed dbAppUser) also lose memberships and grants, and are dropped when
 -- nothing else depends on them. A role with superuser-level rights is never touched.
 -- Variables: su, active, idle, app_group.
-SET provision.su = :'su';
-SET provision.active = :'active';
-SET provision.idle = :'idle';
-SET provision.app_group = :'app_group';
+\ir settings.sql
 DO $retire$
 DECLARE
   su text := current_setting('provision.su');

@@ -43,7 +43,6 @@ def open_credentials(stack: Stack) -> list[str]:
     return out.splitlines()
 
 
-
 def exported_stack(out: Path, s: StackSettings) -> Iterator[Stack]:
     """Export into `out` on a clean engine (no containers, volumes or app image of the stack), yield, then
     `down --volumes`. Bring it up with `Stack.up`."""

@@ -293,11 +293,8 @@ def update(applied: Applied, before: Recording, after: Recording, ca_bundle: Pat
         assert r.delete_before_replace or r.type != "docker:index/container:Container"
         if r.type == "docker:index/container:Container":
             _remove_container(applied, applied.resolve(r.inputs)["name"])
-        _create(r, applied, ca_bundle)
         replaced.append(r.name)
-        code = applied.exit_codes.get(r.name)
-        if code:
-            raise JobFailedError(r.name, applied.resolve(r.inputs)["name"], code)
+        _create(r, applied, ca_bundle)
     return replaced
 
 
@@ -339,6 +336,8 @@ def _create(r: Resource, applied: Applied, ca_bundle: Path | None) -> None:
         code = _container(i, applied)
         if code is not None:
             applied.exit_codes[r.name] = code
+        if code:
+            raise JobFailedError(r.name, i["name"], code)
 
 
 def apply(rec: Recording, ca_bundle: Path | None = None) -> Applied:
@@ -346,8 +345,6 @@ def apply(rec: Recording, ca_bundle: Path | None = None) -> Applied:
     try:
         for r in _order(rec):
             _create(r, applied, ca_bundle)
-            if applied.exit_codes.get(r.name):
-                raise JobFailedError(r.name, applied.resolve(r.inputs)["name"], applied.exit_codes[r.name])
     except BaseException:
         applied.destroy()
         raise

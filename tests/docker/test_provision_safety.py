@@ -24,11 +24,9 @@ STEPS = re.findall(r"^\s*step_done (\w+)$", (PROVISION_SOURCE / "provision.sh").
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, base_images: dict[str, str],
           dev_settings: StackSettings) -> Iterator[Stack]:
-    st_iter = exported_stack(tmp_path_factory.mktemp("compose-safety"), dev_settings)
-    st = next(st_iter)
-    st.up()
-    yield st
-    next(st_iter, None)
+    for st in exported_stack(tmp_path_factory.mktemp("compose-safety"), dev_settings):
+        st.up()
+        yield st
 
 
 def run_job(stack: Stack, *env: str, entrypoint: tuple[str, ...] = ()) -> tuple[int, str]:
