@@ -18,13 +18,13 @@ settings, provided_passwords = read_stack_config(stack)
 
 credentials = Credentials("credentials", CredentialsArgs(
     secrets=SECRETS, provided=provided_passwords, versions=settings.secret_versions))
-network = Network("network", NetworkArgs(name=settings.network_name, stack=stack))
+network = Network("network", NetworkArgs(names=settings.networks, stack=stack))
 database = Database("database", DatabaseArgs(
-    settings=settings, network_name=network.name, passwords=credentials.passwords))
+    settings=settings, network_names=network.names, passwords=credentials.passwords))
 app = App("app", AppArgs(
     settings=settings,
     context="app",
-    network_name=network.name,
+    network_names=network.names,
     passwords=credentials.passwords,
     volume_names=database.volume_names,
     depends_on=[database.server, database.provision],
@@ -37,7 +37,7 @@ pulumi.export("api_url", urls["api"])
 pulumi.export("frontend_url", urls["frontend"])
 pulumi.export("admin_url", urls["admin"])
 pulumi.export("admin_user", settings.admin_user)
-pulumi.export("network", network.name)
+pulumi.export("networks", network.names)
 pulumi.export("data_volume", database.volume_name)
 pulumi.export("app_image", app.image_ref)
 pulumi.export("containers", {"postgres": database.container_name, **app.container_names})

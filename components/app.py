@@ -16,7 +16,8 @@ from components.settings import StackSettings
 class AppArgs:
     settings: StackSettings
     context: str
-    network_name: pulumi.Input[str]
+    # Engine names of the stack networks by logical name (StackSettings.networks).
+    network_names: Mapping[str, pulumi.Input[str]]
     passwords: Mapping[str, pulumi.Output[str]]
     # Engine names of the stack's volumes by logical name (the app mounts the credential volume).
     volume_names: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
@@ -52,7 +53,7 @@ class App(pulumi.ComponentResource):
         for spec in s.apps:
             self.containers[spec.service] = docker.Container(
                 f"{name}-{spec.service}",
-                container_args(spec, s, image=self.image_ref, network_name=args.network_name,
+                container_args(spec, s, image=self.image_ref, network_names=args.network_names,
                                passwords=args.passwords, volume_names=args.volume_names,
                                labels={"stock-analyzer.db-provisioned": args.provisioned}),
                 opts=replace_opts(self, depends_on=args.depends_on),

@@ -20,17 +20,19 @@ from typing import Any
 
 import yaml
 
-from components.containers import SECURITY_OPTS, spec_labels
 from components.settings import (
     SECRETS,
+    SECURITY_OPTS,
     USER_SECRETS,
     ConfigError,
     ContainerSpec,
     Healthcheck,
     SecretSpec,
     StackSettings,
+    password_problem,
+    spec_labels,
 )
-from components.stack_config import PROJECT_DIR, settings_from_file
+from components.stack_file import PROJECT_DIR, settings_from_file
 
 APP_CONTEXT = PROJECT_DIR / "app"
 SECRETS_SUBDIR = "secrets"  # pragma: allowlist secret (a directory name)
@@ -79,7 +81,7 @@ def _service(spec: ContainerSpec, s: StackSettings, image: str, build: dict[str,
                            if m.read_only else {})} for m in spec.mounts]
     if spec.ports:
         svc["ports"] = [f"{p.host_ip}:{p.host_port}:{p.container_port}" for p in spec.ports]
-    svc["networks"] = {"net": {"aliases": list(spec.aliases)} if spec.aliases else {}}
+    svc["networks"] = {net: {"aliases": list(spec.aliases)} if spec.aliases else {} for net in spec.networks}
     if spec.healthcheck:
         svc["healthcheck"] = _healthcheck(spec.healthcheck)
     if depends_on:
@@ -129,7 +131,7 @@ def compose_document(s: StackSettings, app_context: Path = APP_CONTEXT,
     return {
         "name": s.prefix,
         "services": services,
-        "networks": {"net": {"name": s.network_name, "driver": "bridge"}},
+        "networks": {logical: {"name": name, "driver": "bridge"} for logical, name in s.networks.items()},
         "volumes": {logical: {"name": name} for logical, name in s.volumes.items()},
         "secrets": {**{name: {"file": f"./{SECRETS_SUBDIR}/{name}"} for name in used}, **build_secrets},
         # Files next to compose.yaml, bind-mounted: inline `content:` would be copied into the container,
@@ -157,20 +159,59 @@ class ExportError(Exception):
     pass
 
 
+def _check_private(path: Path, what: str) -> None:
+    """An existing directory (or file) we write into or read secrets from must be ours and not writable by
+    others: otherwise another local user could have planted the passwords we would keep, or swap what we write."""
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        raise ExportError(f"{path} is a symbolic link; allowed: a real {what} (remove the link)")
+    if st.st_uid != os.geteuid():
+        raise ExportError(f"{path} is owned by uid {st.st_uid}, not by the user running the export "
+                          f"(uid {os.geteuid()}); allowed: a {what} you own")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022:
+        raise ExportError(f"{path} has mode {mode:04o}, writable by group or others; allowed: no group or other "
+                          f"write (fix with chmod go-w {path})")
+
+
+def _check_out_dir(out: Path) -> None:
+    for path in (out, out / CONFIGS_SUBDIR):
+        if path.is_symlink() or path.exists():
+            if not path.is_symlink() and not path.is_dir():
+                raise ExportError(f"{path} exists and is not a directory")
+            _check_private(path, "directory")
+    if (out / "compose.yaml").is_symlink():
+        raise ExportError(f"{out / 'compose.yaml'} is a symbolic link; allowed: a regular file (remove the link)")
+
+
 def _check_secret_dir(directory: Path) -> None:
-    if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
+    if not (directory.is_symlink() or directory.exists()):
+        return
+    if not directory.is_symlink() and not directory.is_dir():
         raise ExportError(f"{directory} exists and is not a directory")
-    if directory.exists():
-        mode = stat.S_IMODE(directory.stat().st_mode)
-        if mode & 0o077:
-            raise ExportError(f"{directory} has mode {mode:04o}; allowed: 0700 (no group or other access), "
-                              f"fix with chmod 700 {directory}")
-        for spec in SECRETS:
-            f = directory / spec.name
-            if f.is_symlink() or (f.exists() and not f.is_file()):
-                raise ExportError(f"{f} exists and is not a regular file")
-            if f.exists() and f.stat().st_size == 0:
-                raise ExportError(f"{f} is empty; delete it to generate a new one")
+    _check_private(directory, "directory")
+    mode = stat.S_IMODE(directory.stat().st_mode)
+    if mode & 0o077:
+        raise ExportError(f"{directory} has mode {mode:04o}; allowed: 0700 (no group or other access), "
+                          f"fix with chmod 700 {directory}")
+    for entry in sorted(directory.iterdir()):
+        if entry.is_symlink():
+            raise ExportError(f"{entry} is a symbolic link; allowed: regular files only in {directory}")
+    for spec in SECRETS:
+        f = directory / spec.name
+        if not f.exists():
+            continue
+        if not f.is_file():
+            raise ExportError(f"{f} exists and is not a regular file")
+        _check_private(f, "file")
+        try:
+            value = f.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ExportError(f"{f} is not UTF-8 text; delete it to generate a new one") from None
+        problem = password_problem(value, spec.length)
+        if problem:
+            raise ExportError(f"{f} is unusable: {problem} (a generated one has {spec.length}); delete it to "
+                              "generate a new one, or write a longer one without a newline (printf '%s')")
 
 
 def _check_writable(out: Path) -> None:
@@ -205,12 +246,17 @@ def export(stack: str, out: Path, project_dir: Path = PROJECT_DIR, ca_bundle: Pa
     out = out.absolute()
     secret_dir = out / SECRETS_SUBDIR
     _check_writable(out)
+    _check_out_dir(out)
     _check_secret_dir(secret_dir)
     if ca_bundle is not None and not ca_bundle.is_file():
         raise ExportError(f"--ca-bundle {ca_bundle}: not a file")
     text = compose_text(settings, project_dir / "app", ca_bundle)
     out.mkdir(parents=True, exist_ok=True)
     secret_dir.mkdir(mode=0o700, exist_ok=True)
+    (out / CONFIGS_SUBDIR).mkdir(exist_ok=True)
+    # Again after creating: a directory that appeared between the checks and mkdir (someone else's) is refused.
+    _check_out_dir(out)
+    _check_secret_dir(secret_dir)
     os.chmod(secret_dir, 0o700)
     created = []
     for spec in SECRETS:
@@ -221,7 +267,6 @@ def export(stack: str, out: Path, project_dir: Path = PROJECT_DIR, ca_bundle: Pa
             _write_atomic(path, generate_secret(spec), 0o444)
             created.append(spec.name)
     config_dir = out / CONFIGS_SUBDIR
-    config_dir.mkdir(exist_ok=True)
     for c in settings.containers:
         for target, content in c.uploads:
             _write_atomic(config_dir / Path(target).name, content, 0o644)

@@ -8,22 +8,10 @@ from collections.abc import Mapping, Sequence
 import pulumi
 import pulumi_docker as docker
 
-from components.settings import ContainerSpec, StackSettings
+from components.settings import SECURITY_OPTS, ContainerSpec, StackSettings, spec_labels
 
-SECURITY_OPTS = ("no-new-privileges:true",)
 UPLOAD_EXCEPTION = ("read-only root: the docker provider uploads secret files through the root filesystem; "
                     "capabilities dropped and no-new-privileges still apply")
-
-
-def spec_labels(spec: ContainerSpec, settings: StackSettings) -> dict[str, str]:
-    """Labels both outputs carry; the policy pack reads role, environment and reviewed exceptions."""
-    return {
-        "stock-analyzer.environment": settings.environment,
-        "stock-analyzer.role": spec.role,
-        "stock-analyzer.service": spec.service,
-        "stock-analyzer.stack": settings.stack,
-        **{f"stock-analyzer.policy-exception.{policy}": reason for policy, reason in spec.policy_exceptions},
-    }
 
 
 # How long `pulumi up` waits for a container to report healthy before failing the update.
@@ -58,7 +46,7 @@ def container_args(
     settings: StackSettings,
     *,
     image: pulumi.Input[str],
-    network_name: pulumi.Input[str],
+    network_names: Mapping[str, pulumi.Input[str]],
     passwords: Mapping[str, pulumi.Output[str]],
     volume_names: Mapping[str, pulumi.Input[str]] | None = None,
     labels: Mapping[str, pulumi.Input[str]] | None = None,
@@ -88,7 +76,8 @@ def container_args(
             docker.ContainerPortArgs(internal=p.container_port, external=p.host_port, ip=p.host_ip, protocol="tcp")
             for p in spec.ports
         ],
-        networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=network_name, aliases=list(spec.aliases))],
+        networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=network_names[n], aliases=list(spec.aliases))
+                           for n in spec.networks],
         volumes=[
             *(docker.ContainerVolumeArgs(volume_name=(volume_names or {})[m.volume], container_path=m.target,
                                          read_only=m.read_only or None)

@@ -15,7 +15,8 @@ from components.settings import VOL_APP_CREDENTIALS, VOL_DATA, VOL_PROVISION_STA
 @dataclass
 class DatabaseArgs:
     settings: StackSettings
-    network_name: pulumi.Input[str]
+    # Engine names of the stack networks by logical name (StackSettings.networks).
+    network_names: Mapping[str, pulumi.Input[str]]
     passwords: Mapping[str, pulumi.Output[str]]
 
 
@@ -57,13 +58,13 @@ class Database(pulumi.ComponentResource):
         # Two servers must never share one data directory: delete before replace.
         self.server = docker.Container(
             f"{name}-server",
-            container_args(s.postgres, s, image=image.image_id, network_name=args.network_name,
+            container_args(s.postgres, s, image=image.image_id, network_names=args.network_names,
                            passwords=args.passwords, volume_names=self.volume_names),
             opts=replace_opts(self),
         )
         self.provision = docker.Container(
             f"{name}-provision",
-            container_args(s.provision, s, image=image.image_id, network_name=args.network_name,
+            container_args(s.provision, s, image=image.image_id, network_names=args.network_names,
                            passwords=args.passwords, volume_names=self.volume_names),
             opts=replace_opts(self, depends_on=[self.server]),
         )

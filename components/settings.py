@@ -41,6 +41,9 @@ APP_CREDENTIALS_FILE = f"{APP_CREDENTIALS_DIR}/db"
 PROVISION_STATE_DIR = "/var/lib/provision"
 TMPFS_OPTS = "rw,noexec,nosuid,nodev,size=16m"
 TMP_DIR = "/tmp"  # noqa: S108 (a private tmpfs inside the container, not the host's /tmp)
+# Logical network names (compose keys); engine names per stack, see StackSettings.networks. Postgres, the job,
+# the API and the admin UI share the backend; the frontend reaches only the API, on the frontend network.
+NET_BACKEND, NET_FRONTEND = "backend", "frontend"
 # Logical volume names (compose keys); the engine names are per stack, see StackSettings.volumes.
 VOL_DATA, VOL_APP_CREDENTIALS, VOL_PROVISION_STATE = "postgres_data", "app_credentials", "provision_state"
 # The provisioning job's shell and SQL (see provision/provision.sh), uploaded to /provision in its container.
@@ -136,7 +139,8 @@ class ContainerSpec:
     memory_mb: int | None
     restart: str
     user: str | None = None
-    aliases: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()  # DNS names of the container on each of its networks
+    networks: tuple[str, ...] = (NET_BACKEND,)  # logical names, keys of StackSettings.networks
     entrypoint: tuple[str, ...] | None = None
     uploads: tuple[tuple[str, str], ...] = ()  # (path in container, non-secret file content)
     stop_signal: str | None = None
@@ -226,7 +230,7 @@ class StackSettings:
     project: str
     stack: str
     environment: str
-    network_name: str
+    networks: dict[str, str]  # logical name -> engine name
     volumes: dict[str, str]  # logical name -> engine name
     postgres_image: str
     python_base_image: str
@@ -391,6 +395,39 @@ def _check_characters(raw: Mapping[str, str]) -> None:
                               f"characters (found U+{ord(bad):04X})")
 
 
+# Passwords users supply (stack config secrets) must be at least this long; generated ones are SecretSpec.length.
+MIN_USER_PASSWORD = 16
+
+
+def password_problem(value: str, min_length: int) -> str | None:
+    """Why `value` is unusable as a password, or None. The reason never quotes the value.
+
+    One rule for every source (stack config, compose secret files): the app refuses the same values at
+    run time (stock_app.config.usable_secret), so nothing accepted here is refused there.
+    """
+    if not value.strip():
+        return "it is empty or only whitespace"
+    bad = next((c for c in value if unicodedata.category(c).startswith("C")), None)
+    if bad is not None:
+        return f"it holds a control or format character (U+{ord(bad):04X}; a trailing newline?)"
+    if value != value.strip():
+        return "it starts or ends with whitespace"
+    if len(value) < min_length:
+        return f"it has {len(value)} characters; at least {min_length} are required"
+    return None
+
+
+def check_user_passwords(raw: Mapping[str, str]) -> None:
+    """Passwords set in stack config (`pulumi config set --secret`), refused without echoing them."""
+    for spec in USER_SECRETS:
+        if spec.config_key in raw:
+            problem = password_problem(raw[spec.config_key], MIN_USER_PASSWORD)
+            if problem:
+                raise ConfigError(f"config key '{PROJECT}:{spec.config_key}' has an unusable value (not shown): "
+                                  f"{problem}; set another with `pulumi config set --secret {spec.config_key}`, "
+                                  "or remove it to generate one")
+
+
 def _app_healthcheck(port: int) -> Healthcheck:
     # start_interval probes every second while starting, so the app is seen healthy within ~1 s of
     # being ready instead of after the legacy 30 s interval.
@@ -453,6 +490,10 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         bindings[svc] = PortBinding(r.ip(f"{svc}HostIp"), r.integer(f"{svc}HostPort", 1, 65535), container_port)
     if pg_host_port:
         bindings["postgres"] = PortBinding(pg_host_ip, pg_host_port, POSTGRES_PORT)
+    if prod and not ipaddress.ip_address(bindings["admin"].host_ip).is_loopback:
+        # Basic auth over plain HTTP: the admin password would cross the network readable by anyone on the path.
+        raise _fail("adminHostIp", bindings["admin"].host_ip, "a loopback address such as 127.0.0.1 in prod "
+                    "(the admin UI speaks basic auth over plain HTTP; reach it through an SSH tunnel)")
     seen: dict[int, str] = {}
     for svc, b in bindings.items():
         if b.host_port in seen:
@@ -537,20 +578,20 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
     app_db_env = (*db_env, ("DB_CREDENTIALS_FILE", APP_CREDENTIALS_FILE))
     apps = (
         _app_spec(prefix, "api", app_ports["api"], (*env_common, *app_db_env), (),
-                  bindings["api"], memory["api"], restart, max_retries),
+                  bindings["api"], memory["api"], restart, max_retries, (NET_BACKEND, NET_FRONTEND)),
         _app_spec(prefix, "frontend", app_ports["frontend"],
                   (*env_common, ("API_URL", f"http://api:{app_ports['api']}")), (),
-                  bindings["frontend"], memory["frontend"], restart, max_retries),
+                  bindings["frontend"], memory["frontend"], restart, max_retries, (NET_FRONTEND,)),
         _app_spec(prefix, "admin", app_ports["admin"],
                   (*env_common, *app_db_env, ("ADMIN_USER", admin_user), ("ADMIN_PASSWORD_FILE", SECRET_ADMIN.path)),
                   (SecretMount(SECRET_ADMIN, APP_UID),),
-                  bindings["admin"], memory["admin"], restart, max_retries),
+                  bindings["admin"], memory["admin"], restart, max_retries, (NET_BACKEND,)),
     )
     return StackSettings(
         project=project,
         stack=stack,
         environment=environment,
-        network_name=f"{prefix}_net",
+        networks={n: f"{prefix}_{n}" for n in (NET_BACKEND, NET_FRONTEND)},
         volumes={v: f"{prefix}_{v}" for v in (VOL_DATA, VOL_APP_CREDENTIALS, VOL_PROVISION_STATE)},
         postgres_image=postgres_image,
         python_base_image=python_base_image,
@@ -571,6 +612,21 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
     )
 
 
+# Shared by both outputs (Pulumi containers and compose services), so they live in the model.
+SECURITY_OPTS = ("no-new-privileges:true",)
+
+
+def spec_labels(spec: ContainerSpec, settings: StackSettings) -> dict[str, str]:
+    """Labels both outputs carry; the policy pack reads role, environment and reviewed exceptions."""
+    return {
+        "stock-analyzer.environment": settings.environment,
+        "stock-analyzer.role": spec.role,
+        "stock-analyzer.service": spec.service,
+        "stock-analyzer.stack": settings.stack,
+        **{f"stock-analyzer.policy-exception.{policy}": reason for policy, reason in spec.policy_exceptions},
+    }
+
+
 def app_role_names(app_user: str) -> tuple[str, str, str]:
     """The roles the provisioning job manages: two login roles that take turns, and their group."""
     return (app_user, f"{app_user}_b", f"{app_user}_rw")
@@ -578,7 +634,7 @@ def app_role_names(app_user: str) -> tuple[str, str, str]:
 
 def _app_spec(prefix: str, service: str, port: int, env: tuple[tuple[str, str], ...],
               secrets: tuple[SecretMount, ...], binding: PortBinding, memory_mb: int | None,
-              restart: str, max_retries: int | None) -> ContainerSpec:
+              restart: str, max_retries: int | None, networks: tuple[str, ...]) -> ContainerSpec:
     return ContainerSpec(
         service=service,
         container_name=f"{prefix}-{service}",
@@ -592,6 +648,7 @@ def _app_spec(prefix: str, service: str, port: int, env: tuple[tuple[str, str], 
         max_retries=max_retries,
         user=f"{APP_UID}:{APP_UID}",
         aliases=(service,),
+        networks=networks,
         mounts=(VolumeMount(VOL_APP_CREDENTIALS, APP_CREDENTIALS_DIR, read_only=True),)
         if any(k == "DB_CREDENTIALS_FILE" for k, _ in env) else (),
     )

@@ -1,26 +1,23 @@
-"""The one place that reads stack config: from the Pulumi engine, or from Pulumi.<stack>.yaml for the
-compose CLI. Components never read config themselves."""
+"""The one place that reads stack config from the Pulumi engine (the compose CLI reads the stack file,
+components/stack_file.py). Components never read config themselves."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pulumi
 import pulumi.runtime
-import yaml
 
-from components.settings import PROJECT, USER_SECRETS, ConfigError, StackSettings, load_settings
-
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-_PREFIX = f"{PROJECT}:"
-
-
-def _as_config_string(value: Any) -> str:
-    """Render a YAML value the way the Pulumi CLI hands it to the program."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+from components.settings import (
+    PROJECT,
+    USER_SECRETS,
+    ConfigError,
+    StackSettings,
+    check_user_passwords,
+    load_settings,
+)
+from components.stack_file import PREFIX as _PREFIX
+from components.stack_file import as_config_string, drop_unset_secrets, refuse_plaintext_passwords
 
 
 def _engine_config() -> dict[str, Any]:
@@ -36,60 +33,17 @@ def read_stack_config(stack: str) -> tuple[StackSettings, dict[str, pulumi.Outpu
 
     Raises `pulumi.RunError` (a clean, one-message failure) before any resource is registered.
     """
-    raw = _drop_unset_secrets(
-        {k[len(_PREFIX):]: _as_config_string(v) for k, v in _engine_config().items() if k.startswith(_PREFIX)})
+    engine = {k[len(_PREFIX):]: as_config_string(v) for k, v in _engine_config().items() if k.startswith(_PREFIX)}
+    secret_keys = {k for k in engine if pulumi.runtime.is_config_secret(_PREFIX + k)}
+    # An empty plaintext value is Pulumi.yaml's default ("generate one"); an empty *secret* was set on purpose
+    # and is refused below like any other unusable password.
+    raw = {k: v for k, v in engine.items() if k in secret_keys or k in drop_unset_secrets(engine)}
     try:
-        _refuse_plaintext_passwords(
-            {k for k in raw if not pulumi.runtime.is_config_secret(_PREFIX + k)})
+        refuse_plaintext_passwords({k for k in raw if k not in secret_keys})
         settings = load_settings(raw, stack)
+        check_user_passwords(raw)
     except ConfigError as err:
         raise pulumi.RunError(str(err)) from None
     config = pulumi.Config(PROJECT)
     provided = {s.name: config.require_secret(s.config_key) for s in USER_SECRETS if s.config_key in raw}
     return settings, provided
-
-
-def _refuse_plaintext_passwords(plaintext_keys: set[str]) -> None:
-    for spec in USER_SECRETS:
-        if spec.config_key in plaintext_keys:
-            raise ConfigError(
-                f"config key '{_PREFIX}{spec.config_key}' holds a plaintext value; allowed: a secret, set with "
-                f"`pulumi config set --secret {spec.config_key}`, or unset to generate one"
-            )
-
-
-def _drop_unset_secrets(raw: dict[str, str]) -> dict[str, str]:
-    """Pulumi.yaml declares each password key with an empty default, meaning "generate one"."""
-    return {k: v for k, v in raw.items() if not (v == "" and k in {s.config_key for s in USER_SECRETS})}
-
-
-def stack_file(stack: str, project_dir: Path = PROJECT_DIR) -> Path:
-    return project_dir / f"Pulumi.{stack}.yaml"
-
-
-def read_stack_file(stack: str, project_dir: Path = PROJECT_DIR) -> dict[str, str]:
-    """Raw project config from Pulumi.<stack>.yaml, without the Pulumi CLI.
-
-    Encrypted (`secure:`) values cannot be read here; their keys are kept with a placeholder so that
-    validation still sees them.
-    """
-    path = stack_file(stack, project_dir)
-    if not path.is_file():
-        known = sorted(p.name[len("Pulumi."):-len(".yaml")] for p in project_dir.glob("Pulumi.*.yaml"))
-        raise ConfigError(f"unknown stack {stack!r}: no {path.name}; known stacks: {', '.join(known) or 'none'}")
-    doc = yaml.safe_load(path.read_text()) or {}
-    config = doc.get("config") or {}
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path.name}: 'config' must be a mapping")
-    raw = _drop_unset_secrets({
-        k[len(_PREFIX):]: "<secure>" if isinstance(v, dict) else _as_config_string(v)
-        for k, v in config.items() if k.startswith(_PREFIX)
-    })
-    # The same rule as under the engine: a password in the stack file must be encrypted (`secure:`).
-    _refuse_plaintext_passwords({k[len(_PREFIX):] for k, v in config.items()
-                                 if k.startswith(_PREFIX) and not isinstance(v, dict)} & set(raw))
-    return raw
-
-
-def settings_from_file(stack: str, project_dir: Path = PROJECT_DIR) -> StackSettings:
-    return load_settings(read_stack_file(stack, project_dir), stack)

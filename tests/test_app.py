@@ -6,9 +6,10 @@ import base64
 import datetime as dt
 import io
 import json
+import re
 import threading
 from collections.abc import Iterator
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -18,6 +19,10 @@ from stock_app import healthcheck
 from stock_app.config import DbConfig, MissingSetting, read_secret
 from stock_app.store import Price, StoreUnavailable
 from stock_app.web import WsgiApp, admin_app, api_app, frontend_app
+
+
+class ColumnError(Exception):
+    """What Postgres refuses (psycopg raises DataError or CheckViolation): a 500 if it reaches the app."""
 
 
 class FakeStore:
@@ -34,6 +39,13 @@ class FakeStore:
 
     def add(self, prices: list[Price]) -> int:
         self._check()
+        for p in prices:
+            # As the table does (provision/provision.sql): a CHECK on the symbol, and numeric(14, 4),
+            # which rounds half away from zero to 4 places, then overflows at 1e10.
+            if not re.fullmatch(r"[A-Z0-9.]{1,12}", p.symbol):
+                raise ColumnError(f"new row violates check constraint on symbol: {p.symbol!r}")
+            if abs(p.close.quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)) >= Decimal("1e10"):
+                raise ColumnError("numeric field overflow")
         for p in prices:
             self.rows[(p.symbol, p.day)] = p.close
         return len(prices)
@@ -155,7 +167,7 @@ def test_admin_requires_the_generated_credential(store: FakeStore) -> None:
 
 def test_read_secret_prefers_file_and_rereads_it(tmp_path: Path) -> None:
     f = tmp_path / "pw"
-    f.write_text("first\n")
+    f.write_text("first")
     env = {"DB_PASSWORD_FILE": str(f), "DB_PASSWORD": "ignored"}
     assert read_secret("DB_PASSWORD", env) == "first"
     f.write_text("second")

@@ -15,15 +15,21 @@ from tests.pulumi_mocks import ROOT, is_secret, plain, run
 SETTINGS = load_settings({"environment": "dev", "apiHostPort": "15000", "apiHostIp": "127.0.0.2"}, "t1")
 
 
+NETS = {"backend": "n1", "frontend": "n2"}
+
+
 def _passwords() -> dict[str, pulumi.Output[str]]:
     return {s.name: pulumi.Output.secret(f"pw-{s.name}-0123456789abcdef0123456789") for s in SECRETS}
 
 
 def test_network_alone() -> None:
-    rec = run(lambda: Network("net", NetworkArgs(name="n1", stack="t1")), "t1", {})
-    (bridge,) = rec.of_type("docker:index/network:Network")
-    assert bridge.name == "net-bridge" and bridge.inputs["name"] == "n1" and bridge.inputs["driver"] == "bridge"
-    assert rec.by_urn(bridge.parent).type == "stock-analyzer:network:Network"
+    rec = run(lambda: Network("net", NetworkArgs(names={"backend": "n1", "frontend": "n2"}, stack="t1")), "t1", {})
+    nets = {r.name: r for r in rec.of_type("docker:index/network:Network")}
+    assert sorted(nets) == ["net-backend", "net-frontend"]
+    assert nets["net-backend"].inputs["name"] == "n1" and nets["net-frontend"].inputs["name"] == "n2"
+    for bridge in nets.values():
+        assert bridge.inputs["driver"] == "bridge"
+        assert rec.by_urn(bridge.parent).type == "stock-analyzer:network:Network"
 
 
 def test_credentials_alone_generates_only_what_is_not_provided() -> None:
@@ -41,7 +47,7 @@ def test_credentials_alone_generates_only_what_is_not_provided() -> None:
 
 
 def test_database_alone() -> None:
-    rec = run(lambda: Database("db", DatabaseArgs(settings=SETTINGS, network_name="n1", passwords=_passwords())),
+    rec = run(lambda: Database("db", DatabaseArgs(settings=SETTINGS, network_names=NETS, passwords=_passwords())),
               "t1", {})
     assert sorted(r.name for r in rec.of_type("docker:index/volume:Volume")) == [
         "db-app-credentials", "db-data", "db-provision-state"]
@@ -57,7 +63,7 @@ def test_database_alone() -> None:
 
 
 def test_app_alone_uses_settings_ports() -> None:
-    rec = run(lambda: App("web", AppArgs(settings=SETTINGS, context="app", network_name="n1",
+    rec = run(lambda: App("web", AppArgs(settings=SETTINGS, context="app", network_names=NETS,
                                           passwords=_passwords(),
                                           volume_names={"app_credentials": "creds-vol"})), "t1", {})
     containers = rec.containers()
@@ -71,6 +77,8 @@ def test_app_alone_uses_settings_ports() -> None:
     assert containers["admin"].inputs["volumes"] == [creds]
     assert plain(containers["frontend"].inputs.get("uploads", [])) == []
     assert "volumes" not in containers["frontend"].inputs
+    nets = {svc: sorted(n["name"] for n in c.inputs["networksAdvanced"]) for svc, c in containers.items()}
+    assert nets == {"api": ["n1", "n2"], "admin": ["n1"], "frontend": ["n2"]}
 
 
 def test_pulumi_yaml_declares_every_key_with_type_description_default() -> None:

@@ -6,6 +6,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import yaml
 
 from components import compose
 from components.settings import SECRETS, ConfigError, load_settings
-from components.stack_config import settings_from_file
+from components.stack_file import settings_from_file
 from tests.pulumi_mocks import ROOT, plain, run_program
 
 STACKS = ("dev", "prod")
@@ -32,10 +33,13 @@ def test_compose_matches_pulumi_resources(stack: str) -> None:
     doc = yaml.safe_load(plain(rec.outputs["compose"]))
     assert "version" not in doc
     assert doc["volumes"]["postgres_data"]["name"] == rec.named("database-data").inputs["name"]
-    assert doc["networks"]["net"]["name"] == rec.named("network-bridge").inputs["name"]
+    assert {k: v["name"] for k, v in doc["networks"].items()} == {
+        n: rec.named(f"network-{n}").inputs["name"] for n in ("backend", "frontend")}
     for service, container in rec.containers().items():
         svc = doc["services"][service]
         i = container.inputs
+        assert {doc["networks"][k]["name"]: v.get("aliases", []) for k, v in svc["networks"].items()} == {
+            n["name"]: n.get("aliases", []) for n in i["networksAdvanced"]}
         assert svc["container_name"] == i["name"]
         assert [f"{k}={v}" for k, v in svc["environment"].items()] == i["envs"]
         ports = [f"{p['ip']}:{int(p['external'])}:{int(p['internal'])}" for p in i.get("ports", [])]
@@ -196,3 +200,117 @@ def test_plaintext_password_in_stack_file_is_refused(tmp_path: Path, capsys: pyt
         "stock-analyzer:adminPassword": {"secure": "v1:AAAA"},
     }}))
     assert settings_from_file("dev", project).environment == "dev"
+
+
+# -- where the export writes and what it keeps ---------------------------------------------------------
+
+OTHER_UID = 12345
+PLANTED = "attacker-chosen-password-0123456789abcdef"  # pragma: allowlist secret (a test value, never deployed)
+
+
+def _as_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("chown to another user needs root (CI runs as root)")
+
+
+def _export(out: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """Run the CLI, expecting a refusal; return its one-line error."""
+    capsys.readouterr()
+    assert compose.main(["--stack", "dev", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def _plant(out: Path, value: str = PLANTED, name: str = "admin_password") -> None:
+    (out / "secrets").mkdir(parents=True, mode=0o700)
+    (out / "secrets" / name).write_text(value)
+
+
+@pytest.mark.parametrize("case", ["out-owned-by-other", "out-world-writable", "out-group-writable",
+                                  "secrets-owned-by-other", "secret-file-owned-by-other", "out-is-symlink",
+                                  "provision-owned-by-other"])
+def test_export_refuses_paths_others_control(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "deploy"
+    out.mkdir()
+    _plant(out)
+    if case == "out-owned-by-other":
+        _as_root()
+        os.chown(out, OTHER_UID, OTHER_UID)
+        os.chmod(out, 0o777)  # noqa: S103 (the attack being refused)
+    elif case == "out-world-writable":
+        os.chmod(out, 0o757)  # noqa: S103
+    elif case == "out-group-writable":
+        os.chmod(out, 0o775)  # noqa: S103
+    elif case == "secrets-owned-by-other":
+        _as_root()
+        os.chown(out / "secrets", OTHER_UID, OTHER_UID)
+    elif case == "secret-file-owned-by-other":
+        _as_root()
+        os.chown(out / "secrets" / "admin_password", OTHER_UID, OTHER_UID)
+    elif case == "provision-owned-by-other":
+        _as_root()
+        (out / "provision").mkdir()
+        os.chown(out / "provision", OTHER_UID, OTHER_UID)
+    elif case == "out-is-symlink":
+        real = tmp_path / "elsewhere"
+        out.rename(real)
+        out.symlink_to(real)
+    before = _snapshot(out)
+    err = _export(out, capsys)
+    assert _snapshot(out) == before and not (out / "compose.yaml").exists()
+    expected = {"out-owned-by-other": f"owned by uid {OTHER_UID}", "secrets-owned-by-other": f"owned by uid {OTHER_UID}",
+                "secret-file-owned-by-other": f"owned by uid {OTHER_UID}",
+                "provision-owned-by-other": f"owned by uid {OTHER_UID}",
+                "out-world-writable": "writable by group or others", "out-group-writable": "writable by group or others",
+                "out-is-symlink": "symbolic link"}[case]
+    assert expected in err
+    assert PLANTED not in err
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    ("\n", "empty"),
+    ("", "empty"),
+    (" " * 40, "empty or only whitespace"),
+    ("short-but-real", "14 characters; at least 32"),
+    (PLANTED + "\n", "control"),
+    (PLANTED[:20] + "\x00" + PLANTED[20:], "control"),
+])
+def test_export_refuses_unusable_existing_secrets(content: str, reason: str, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "deploy"
+    out.mkdir()
+    _plant(out, content)
+    before = _snapshot(out)
+    err = _export(out, capsys)
+    assert reason in err and "admin_password" in err
+    assert _snapshot(out) == before and not (out / "compose.yaml").exists()
+
+
+def test_export_refuses_any_symlink_in_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "deploy"
+    out.mkdir()
+    _plant(out)
+    (out / "secrets" / "notes").symlink_to("/etc/hostname")
+    assert "symbolic link" in _export(out, capsys)
+    (out / "secrets" / "notes").unlink()
+    (out / "secrets" / "app_db_password").symlink_to(out / "secrets" / "admin_password")
+    assert "symbolic link" in _export(out, capsys)
+    assert not (out / "compose.yaml").exists()
+
+
+def test_export_keeps_a_usable_secret_the_user_placed(tmp_path: Path) -> None:
+    out = tmp_path / "deploy"
+    out.mkdir()
+    _plant(out)
+    assert compose.main(["--stack", "dev", "--out", str(out)]) == 0
+    assert (out / "secrets" / "admin_password").read_text() == PLANTED
+
+
+def test_export_tools_do_not_need_pulumi() -> None:
+    """The model and the non-Pulumi tools run where the Pulumi SDK is not installed."""
+    code = ("import sys, components.compose, components.stack_file, components.settings, policy.rules; "
+            "print(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0].startswith('pulumi')}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.strip() == "[]"

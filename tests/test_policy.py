@@ -12,7 +12,7 @@ import yaml
 from pulumi_policy import PolicyCustomTimeouts, PolicyResourceOptions, ResourceValidationArgs
 
 from components.compose import compose_text
-from components.stack_config import settings_from_file
+from components.stack_file import settings_from_file
 from policy.pack import POLICIES
 from policy.rules import check_compose
 from tests.pulumi_mocks import Recording, plain, run_program

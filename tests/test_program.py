@@ -48,7 +48,8 @@ def test_resource_graph(rec: Recording, stack: str) -> None:
         *(("random:index/randomPassword:RandomPassword", f"credentials-{n}")
           for n in ("postgres-password", "app-db-password", "admin-password", "postgres-bootstrap-password")),
         ("stock-analyzer:network:Network", "network"),
-        ("docker:index/network:Network", "network-bridge"),
+        ("docker:index/network:Network", "network-backend"),
+        ("docker:index/network:Network", "network-frontend"),
         ("stock-analyzer:database:Database", "database"),
         ("docker:index/remoteImage:RemoteImage", "database-image"),
         ("docker:index/volume:Volume", "database-data"),
@@ -70,9 +71,9 @@ def test_resource_graph(rec: Recording, stack: str) -> None:
 
 def test_names_are_per_stack(rec: Recording, stack: str) -> None:
     volume = rec.named("database-data").inputs["name"]
-    network = rec.named("network-bridge").inputs["name"]
     assert volume.endswith("postgres_data") and stack in volume
-    assert stack in network
+    for net in ("backend", "frontend"):
+        assert rec.named(f"network-{net}").inputs["name"] == f"{PROJECT}-{stack}_{net}"
     for c in rec.of_type(CONTAINER):
         assert c.inputs["name"].startswith(f"{PROJECT}-{stack}-")
 
@@ -148,18 +149,21 @@ def test_healthchecks_and_wait(rec: Recording) -> None:
 
 def test_db_host_matches_network_alias(rec: Recording) -> None:
     containers = rec.containers()
-    network = rec.named("network-bridge").inputs["name"]
-    (pg_net,) = containers["postgres"].inputs["networksAdvanced"]
-    assert pg_net["name"] == network
+    backend = rec.named("network-backend").inputs["name"]
+    frontend = rec.named("network-frontend").inputs["name"]
+    assert backend != frontend
+    nets = {svc: {n["name"]: n["aliases"] for n in c.inputs["networksAdvanced"]} for svc, c in containers.items()}
+    # Whoever talks to Postgres shares the backend with it; the frontend shares only the API's network.
+    assert set(nets["postgres"]) == set(nets["db-provision"]) == set(nets["admin"]) == {backend}
+    assert set(nets["api"]) == {backend, frontend}
+    assert set(nets["frontend"]) == {frontend}
     for svc in ("api", "admin"):
         env = env_of(containers[svc])
-        assert env["DB_HOST"] in pg_net["aliases"]
+        assert env["DB_HOST"] in nets["postgres"][backend]
         assert env["DB_PORT"] == "5432"
-        (net,) = containers[svc].inputs["networksAdvanced"]
-        assert net["name"] == network
+    assert env_of(containers["db-provision"])["PGHOST"] in nets["postgres"][backend]
     frontend_env = env_of(containers["frontend"])
-    api_alias = containers["api"].inputs["networksAdvanced"][0]["aliases"]
-    assert frontend_env["API_URL"].split("//")[1].split(":")[0] in api_alias
+    assert frontend_env["API_URL"].split("//")[1].split(":")[0] in nets["api"][frontend]
 
 
 def test_env_is_sorted_and_secret_free(rec: Recording) -> None:
@@ -316,7 +320,7 @@ def test_every_password_travels_as_secret(rec: Recording) -> None:
 def test_outputs(rec: Recording, cfg: dict[str, str]) -> None:
     assert rec.outputs["api_url"] == f"http://{cfg.get('apiHostIp', '127.0.0.1')}:{cfg['apiHostPort']}"
     assert rec.outputs["data_volume"] == rec.named("database-data").inputs["name"]
-    assert rec.outputs["network"] == rec.named("network-bridge").inputs["name"]
+    assert rec.outputs["networks"] == {n: rec.named(f"network-{n}").inputs["name"] for n in ("backend", "frontend")}
 
 
 def test_deterministic(stack: str) -> None:

@@ -35,6 +35,9 @@ CASES = [
     ("dev", {"adminMemory": "1k"}, "adminMemory", "1k", "at least 6Mi"),
     ("dev", {"environment": "staging"}, "environment", "staging", "one of dev, prod"),
     ("dev", {"postgresHostIp": "0.0.0.0"}, "postgresHostIp", "0.0.0.0", "loopback"),
+    ("prod", {"adminHostIp": "0.0.0.0"}, "adminHostIp", "0.0.0.0", "loopback address such as 127.0.0.1 in prod"),
+    ("prod", {"adminHostIp": "192.168.1.10"}, "adminHostIp", "192.168.1.10", "SSH tunnel"),
+    ("prod", {"adminHostIp": "::"}, "adminHostIp", "::", "loopback"),
     ("dev", {"apiHostIp": "localhost:1"}, "apiHostIp", "localhost:1", "IP address"),
     ("dev", {"restartPolicy": "sometimes"}, "restartPolicy", "sometimes", "unless-stopped"),
     ("dev", {"protectData": "yes"}, "protectData", "yes", "true or false"),
@@ -140,3 +143,38 @@ def test_validation_judges_whole_values(whole: str) -> None:
     assert matching, whole
     for p in matching:
         assert p.fullmatch(whole + "\n") is None and p.fullmatch(whole + " x") is None
+
+
+def test_admin_may_listen_beyond_loopback_in_dev_only() -> None:
+    assert load_settings({"environment": "dev", "adminHostIp": "0.0.0.0"}, "dev").app("admin").ports[0].host_ip == "0.0.0.0"
+    prod = {k.split(":", 1)[1]: v for k, v in committed_config("prod").items()}
+    assert load_settings({**prod, "adminHostIp": "::1"}, "prod").app("admin").ports[0].host_ip == "::1"
+
+
+# Passwords from stack config: (value, phrase of the reason). None of them may be echoed.
+UNUSABLE = [
+    ("", "empty"),
+    (" " * 20, "empty or only whitespace"),
+    ("\t" * 20, "control"),
+    ("fifteen-chars-x", "15 characters; at least 16"),
+    (" sixteen-chars-and-more", "starts or ends with whitespace"),
+    ("sixteen-chars-and-more ", "starts or ends with whitespace"),
+    ("sixteen-chars\u200band-more", "U+200B"),
+]
+
+
+@pytest.mark.parametrize(("value", "reason"), UNUSABLE)
+@pytest.mark.parametrize("key", ["adminPassword", "appDbPassword", "postgresPassword"])
+def test_unusable_config_passwords_are_refused_before_any_resource(key: str, value: str, reason: str) -> None:
+    with pytest.raises(pulumi.RunError) as err:
+        run_program("dev", _with("dev", **{key: value}), secret_keys=(key,))
+    message = str(err.value)
+    assert f"'stock-analyzer:{key}'" in message and reason in message
+    if value.strip():
+        assert value.strip() not in message
+
+
+def test_sixteen_characters_are_enough() -> None:
+    own = "0123456789abcdef"  # pragma: allowlist secret (a length boundary, not a credential)
+    rec = run_program("dev", _with("dev", adminPassword=own), secret_keys=("adminPassword",))
+    assert plain(rec.outputs["admin_password"]) == own

@@ -24,7 +24,7 @@ def config_block() -> dict[str, Any]:
     block: dict[str, Any] = {}
     for key in CONFIG_KEYS:
         # Secret keys are not flagged `secret: true` here: their default is empty ("generate one"), and the
-        # program itself refuses a plaintext value (components/stack_config.py).
+        # program itself refuses a plaintext value (components/stack_config.py, components/stack_file.py).
         spec: dict[str, Any] = {"type": key.type, "description": key.description}
         if key.default is not None or key.secret:
             default = key.default or ""

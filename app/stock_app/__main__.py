@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import urllib.request
+from typing import Any
 
 from stock_app.config import DbConfig, read_secret
 from stock_app.store import PostgresStore
-from stock_app.web import WsgiApp, admin_app, api_app, frontend_app
+from stock_app.web import MAX_BODY, WsgiApp, admin_app, api_app, frontend_app
+
+# Server-side limits, enforced by waitress before the app sees a request (its defaults: 1 GiB bodies,
+# spooled to the container's small /tmp, and 120 s idle connections).
+SERVER_LIMITS: dict[str, Any] = {
+    "max_request_body_size": MAX_BODY,  # larger bodies get 413 from the server itself
+    "max_request_header_size": 32 * 1024,
+    "inbuf_overflow": MAX_BODY + 1,  # bodies stay in memory (bounded by the two limits below), never in /tmp
+    "connection_limit": 100,
+    "channel_timeout": 15,  # seconds a connection may sit idle (no byte in or out) before it is closed
+    "threads": 8,
+    "asyncore_use_poll": True,
+    "expose_tracebacks": False,
+    "ident": "stock-app",
+}
 
 
 def build(role: str) -> WsgiApp:
@@ -36,7 +52,8 @@ def main() -> None:
     args = parser.parse_args()
     import waitress
 
-    waitress.serve(build(args.role), host=args.host, port=args.port, threads=8, ident="stock-app")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    waitress.serve(build(args.role), host=args.host, port=args.port, **SERVER_LIMITS)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ secret file takes effect without a restart."""
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -12,16 +13,29 @@ class MissingSetting(RuntimeError):  # noqa: N818 (reads better at call sites)
     pass
 
 
+def usable_secret(value: str, source: str) -> str:
+    """The value as it is (no stripping, so every reader sees the same bytes), or MissingSetting.
+
+    Empty, whitespace-only and control characters (a trailing newline included) are refused: the
+    deployment never writes them, and an empty admin password must never mean "no password".
+    """
+    if not value.strip():
+        raise MissingSetting(f"{source} is empty")
+    if any(unicodedata.category(c).startswith("C") for c in value):
+        raise MissingSetting(f"{source} holds control characters (a trailing newline?)")
+    return value
+
+
 def read_secret(name: str, env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     path = env.get(f"{name}_FILE")
     if path:
         with open(path, encoding="utf-8") as f:
-            return f.read().strip()
+            return usable_secret(f.read(), path)
     value = env.get(name)
     if value is None:
         raise MissingSetting(f"set {name}_FILE (preferred) or {name}")
-    return value
+    return usable_secret(value, name)
 
 
 @dataclass(frozen=True)

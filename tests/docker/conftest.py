@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from components.settings import StackSettings
-from components.stack_config import settings_from_file
+from components.stack_file import settings_from_file
 from tests.docker.standins import ensure_image
 
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")

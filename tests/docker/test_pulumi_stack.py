@@ -33,7 +33,8 @@ def applied(recording: Recording, base_images: dict[str, str], dev_settings: Sta
     remove_containers(dev_settings.prefix + "-")
     for volume in dev_settings.volumes.values():
         sh("docker", "volume", "rm", "-f", volume, check=False)
-    sh("docker", "network", "rm", dev_settings.network_name, check=False)
+    for network in dev_settings.networks.values():
+        sh("docker", "network", "rm", network, check=False)
     result = apply(recording, ca_bundle())
     yield result
     result.destroy()
