@@ -10,8 +10,8 @@ import pulumi_docker as docker
 
 from components.settings import SECURITY_OPTS, ContainerSpec, StackSettings, spec_labels
 
-UPLOAD_EXCEPTION = ("read-only root: the docker provider uploads secret files through the root filesystem; "
-                    "capabilities dropped and no-new-privileges still apply")
+UPLOAD_EXCEPTION = ("the docker provider uploads secret files through the root filesystem, which the engine "
+                    "refuses on a read-only root; capabilities stay dropped and no-new-privileges set (both checked)")
 
 
 # How long `pulumi up` waits for a container to report healthy before failing the update.
@@ -57,7 +57,7 @@ def container_args(
     # labelled). The compose export bind-mounts the same files and stays read-only.
     uploads = bool(spec.secrets or spec.uploads)
     read_only = spec.read_only and not uploads
-    exceptions = {"stock-analyzer.policy-exception.container-hardening": UPLOAD_EXCEPTION} if uploads else {}
+    exceptions = {"stock-analyzer.policy-exception.read-only-root-filesystem": UPLOAD_EXCEPTION} if uploads else {}
     all_labels: dict[str, pulumi.Input[str]] = {**spec_labels(spec, settings), **exceptions, **(labels or {})}
     one_shot = spec.role == "job"
     return docker.ContainerArgs(

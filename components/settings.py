@@ -569,8 +569,8 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         user="0",
         cap_add=("CHOWN",),
         role="job",
-        policy_exceptions=(("prod-limits-and-non-root", "one-shot job: chowns the app's credential file to "
-                            "the app uid; all capabilities but CHOWN dropped, read-only root, no-new-privileges"),),
+        policy_exceptions=(("prod-non-root", "one-shot job: chowns the app's credential file to the app uid; "
+                            "all capabilities but CHOWN dropped, read-only root, no-new-privileges (all checked)"),),
         uploads=provision_files(),
         mounts=(VolumeMount(VOL_APP_CREDENTIALS, APP_CREDENTIALS_DIR),
                 VolumeMount(VOL_PROVISION_STATE, PROVISION_STATE_DIR)),

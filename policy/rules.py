@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 EXCEPTION_LABEL = "stock-analyzer.policy-exception."
-SECRET_WORDS = {"PASSWORD", "PASSWD", "PWD", "SECRET", "TOKEN", "KEY", "APIKEY", "CREDENTIAL", "CREDENTIALS"}
+# A name part (split at anything but letters and digits) that is one of these looks secret: DB_PASS, API_KEY.
+SECRET_WORDS = {"PASS", "PASSWORD", "PASSWD", "PWD", "PW", "SECRET", "TOKEN", "KEY", "APIKEY", "CREDENTIAL",
+                "CREDENTIALS", "CREDS", "PASSPHRASE", "PRIVATEKEY"}
+# A part that contains one of these looks secret too: PGPASSWORD, MYSQL_ROOTPASSWORD, GITHUBTOKEN, DBPASS.
+SECRET_STEMS = ("PASSWORD", "PASSWD", "PASSPHRASE", "SECRET", "TOKEN", "APIKEY", "CREDENTIAL", "PRIVATEKEY")
+SECRET_SUFFIXES = ("PASS", "PWD")
+# scheme://user:password@host: a credential inside a URL (a DSN, a proxy, a webhook), whatever the variable is named.
+_URL_CREDENTIALS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s:]*:[^/?#@\s]+@")
 SERVICE_RESTARTS = {"always", "unless-stopped", "on-failure"}
 DB_PORTS = {5432}
 _PINNED = re.compile(
@@ -55,7 +62,12 @@ class ContainerView:
         return self.labels.get("stock-analyzer.role") == "job"
 
     def excepted(self, policy: str) -> bool:
+        """Exactly the named check is off, and only with a reason; no exception covers another check."""
         return bool(self.labels.get(EXCEPTION_LABEL + policy, "").strip())
+
+    @property
+    def exceptions(self) -> dict[str, str]:
+        return {k[len(EXCEPTION_LABEL):]: v for k, v in self.labels.items() if k.startswith(EXCEPTION_LABEL)}
 
 
 # -- building views ----------------------------------------------------------------------------------
@@ -144,14 +156,20 @@ def healthcheck_and_restart(c: ContainerView) -> list[str]:
     return out
 
 
-def _looks_secret(name: str) -> bool:
-    return bool(set(re.split(r"[^A-Z0-9]+", name.upper())) & SECRET_WORDS)
+def looks_secret(name: str) -> bool:
+    parts = [p for p in re.split(r"[^A-Z0-9]+", name.upper()) if p]
+    return any(p in SECRET_WORDS or any(stem in p for stem in SECRET_STEMS)
+               or (p.endswith(SECRET_SUFFIXES) and not p.endswith("BYPASS")) for p in parts)
 
 
 def no_plaintext_secret_env(c: ContainerView) -> list[str]:
     out = []
     for name, value in sorted(c.env.items()):
-        if not _looks_secret(name):
+        if _URL_CREDENTIALS.search(value):
+            out.append(f"{c.name}: env {name} holds a URL with a password (scheme://user:password@host); "
+                       "keep the password out of the URL and deliver it as a file")
+            continue
+        if not looks_secret(name):
             continue
         if name.upper().endswith("_FILE") and value.startswith("/"):
             continue  # a path to a secret file, not the secret
@@ -199,29 +217,47 @@ def _non_root(user: str | None) -> bool:
     return uid not in ("", "0", "root")
 
 
-def prod_limits_and_non_root(c: ContainerView) -> list[str]:
-    if c.environment != "prod" or c.excepted("prod-limits-and-non-root"):
+def prod_memory_limit(c: ContainerView) -> list[str]:
+    if c.environment != "prod" or c.excepted("prod-memory-limit") or c.memory_mb:
         return []
-    out = []
-    if not c.memory_mb:
-        out.append(f"{c.name}: no memory limit in prod")
-    if not _non_root(c.user):
-        out.append(f"{c.name}: runs as {c.user or 'the image default (root)'} in prod; set a non-root user")
-    return out
+    return [f"{c.name}: no memory limit in prod"]
 
 
-def hardening(c: ContainerView) -> list[str]:
-    """CIS Docker Benchmark 5.3, 5.12, 5.25: drop all capabilities, read-only root, no-new-privileges."""
-    if c.excepted("container-hardening"):
+def prod_non_root(c: ContainerView) -> list[str]:
+    if c.environment != "prod" or c.excepted("prod-non-root") or _non_root(c.user):
         return []
+    return [f"{c.name}: runs as {c.user or 'the image default (root)'} in prod; set a non-root user"]
+
+
+# CIS Docker Benchmark 5.3, 5.25 and 5.12: one check each, so that an exception turns off exactly one.
+def drop_all_capabilities(c: ContainerView) -> list[str]:
+    if c.excepted("drop-all-capabilities") or "ALL" in [d.upper() for d in c.cap_drop]:
+        return []
+    return [f"{c.name}: capabilities not dropped (cap_drop ALL, then add back only what is needed)"]
+
+
+def no_new_privileges(c: ContainerView) -> list[str]:
+    if c.excepted("no-new-privileges") or any(
+            o.replace("=", ":") in ("no-new-privileges", "no-new-privileges:true") for o in c.security_opts):
+        return []
+    return [f"{c.name}: no-new-privileges not set"]
+
+
+def read_only_root_filesystem(c: ContainerView) -> list[str]:
+    if c.excepted("read-only-root-filesystem") or c.read_only:
+        return []
+    return [f"{c.name}: root filesystem is writable; set read_only with tmpfs where it writes"]
+
+
+def known_policy_exceptions(c: ContainerView) -> list[str]:
+    """An exception must name an existing check and give a reason: a typo must not pass silently."""
     out = []
-    if "ALL" not in [d.upper() for d in c.cap_drop]:
-        out.append(f"{c.name}: capabilities not dropped (cap_drop ALL, then add back only what is needed)")
-    if not any(o.replace("=", ":").startswith("no-new-privileges") and not o.endswith("false")
-               for o in c.security_opts):
-        out.append(f"{c.name}: no-new-privileges not set")
-    if not c.read_only:
-        out.append(f"{c.name}: root filesystem is writable; set read_only with tmpfs where it writes")
+    for policy, reason in sorted(c.exceptions.items()):
+        if policy not in CONTAINER_RULES or policy == "known-policy-exceptions":
+            out.append(f"{c.name}: policy exception for unknown check {policy!r}; "
+                       f"allowed: {', '.join(n for n in CONTAINER_RULES if n != 'known-policy-exceptions')}")
+        elif not reason.strip():
+            out.append(f"{c.name}: policy exception for {policy!r} gives no reason")
     return out
 
 
@@ -229,14 +265,18 @@ CONTAINER_RULES: dict[str, tuple[str, Callable[[ContainerView], list[str]]]] = {
     "container-healthcheck-and-restart": ("Containers have a healthcheck and a restart policy.",
                                           healthcheck_and_restart),
     "no-plaintext-secret-env": ("No container env carries a plaintext value whose name looks like a password, "
-                                "secret, token or key.", no_plaintext_secret_env),
+                                "secret, token or key, nor a URL with a password in it.", no_plaintext_secret_env),
     "no-database-port-on-all-interfaces": ("No database port is bound to 0.0.0.0.",
                                            no_database_port_on_all_interfaces),
     "pinned-images": ("Images are pinned: a version tag (not latest) or a digest.", pinned_container_image),
-    "prod-limits-and-non-root": ("Prod containers have a memory limit and a non-root user.",
-                                 prod_limits_and_non_root),
-    "container-hardening": ("Containers drop all capabilities, set no-new-privileges and a read-only root.",
-                            hardening),
+    "prod-memory-limit": ("Prod containers have a memory limit.", prod_memory_limit),
+    "prod-non-root": ("Prod containers run as a non-root user.", prod_non_root),
+    "drop-all-capabilities": ("Containers drop all capabilities and add back only what they need.",
+                              drop_all_capabilities),
+    "no-new-privileges": ("Containers set no-new-privileges.", no_new_privileges),
+    "read-only-root-filesystem": ("Containers have a read-only root filesystem.", read_only_root_filesystem),
+    "known-policy-exceptions": ("Policy exceptions name an existing check and give a reason.",
+                                known_policy_exceptions),
 }
 
 

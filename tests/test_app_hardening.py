@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -19,6 +18,7 @@ from stock_app.config import MissingSetting, read_secret
 from stock_app.store import Price, StoreUnavailable
 from stock_app.web import MAX_BODY, WsgiApp, admin_app, api_app, frontend_app
 
+from tests.raw_http import chunks, exchange
 from tests.test_app import FakeStore, _basic, call
 
 DB_DETAIL = ('connection to server at "10.20.30.40", port 5432 failed: FATAL:  password authentication '
@@ -183,39 +183,12 @@ def _serve(app: WsgiApp, seen: list[str], overrides: dict[str, Any]) -> Iterator
         thread.join(timeout=5)
 
 
-def _exchange(port: int, head: bytes, body: Iterator[bytes], timeout_s: float = 5.0) -> bytes:
-    """Send a request (stopping early if the server closes), return whatever the server answered."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
-        try:
-            sock.sendall(head)
-            for chunk in body:
-                sock.sendall(chunk)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        answer = b""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                data = sock.recv(65536)
-            except (ConnectionResetError, TimeoutError):
-                break
-            if not data:
-                break
-            answer += data
-        return answer
-
-
-def _chunks(total: int, size: int = 64 * 1024) -> Iterator[bytes]:
-    for _ in range(total // size):
-        yield b"x" * size
-
-
 def test_server_refuses_a_large_body_before_the_app(server: tuple[int, list[str]]) -> None:
     port, seen = server
     total = 8 * MAX_BODY
     started = time.monotonic()
-    answer = _exchange(port, f"POST /prices HTTP/1.1\r\nHost: x\r\nContent-Length: {total}\r\n"
-                             "Content-Type: application/json\r\n\r\n".encode(), _chunks(total))
+    answer = exchange(port, f"POST /prices HTTP/1.1\r\nHost: x\r\nContent-Length: {total}\r\n"
+                             "Content-Type: application/json\r\n\r\n".encode(), chunks(total))
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert time.monotonic() - started < 5 and seen == []
 
@@ -224,14 +197,14 @@ def test_server_refuses_a_large_chunked_body(server: tuple[int, list[str]]) -> N
     port, seen = server
     chunk = b"x" * 65536
     body = (b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(8 * MAX_BODY // len(chunk)))
-    answer = _exchange(port, b"POST /prices HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", body)
+    answer = exchange(port, b"POST /prices HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", body)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert seen == []
 
 
 def test_server_refuses_huge_headers(server: tuple[int, list[str]]) -> None:
     port, seen = server
-    answer = _exchange(port, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 40_000 + b"\r\n\r\n",
+    answer = exchange(port, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 40_000 + b"\r\n\r\n",
                        iter(()))
     assert answer.split(b" ")[1:2] == [b"431"], answer[:200]
     assert seen == []
@@ -246,7 +219,7 @@ def test_server_closes_idle_and_half_sent_requests() -> None:
     port, _ = next(gen)
     try:
         started = time.monotonic()
-        answer = _exchange(port, b"POST /prices HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{",
+        answer = exchange(port, b"POST /prices HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{",
                            iter(()), timeout_s=10)
         assert time.monotonic() - started < 5, "a half-sent request held its connection open"
         assert seen == [] and not answer.startswith(b"HTTP/1.1 2")

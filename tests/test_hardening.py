@@ -67,7 +67,7 @@ def test_every_long_running_process_is_non_root(both: tuple[Recording, dict[str,
         if svc == "db-provision":
             # The one reviewed exception: a one-shot job that must chown; it carries the label saying why.
             labels = {x["label"]: x["value"] for x in c.inputs["labels"]}
-            assert labels["stock-analyzer.policy-exception.prod-limits-and-non-root"]
+            assert labels["stock-analyzer.policy-exception.prod-non-root"]
             assert uid == "0"
             continue
         assert uid not in ("0", "root", "")

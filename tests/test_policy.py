@@ -76,12 +76,17 @@ CASES: list[tuple[str, str, Callable[[Props], Props]]] = [
      lambda p: _set(p, ports=[{"internal": 5432, "external": 5446, "ip": "::", "protocol": "tcp"}])),
     ("pinned-images", "postgres", lambda p: _set(p, image="postgres:latest")),
     ("pinned-images", "api", lambda p: _set(p, image="stock-analyzer-app")),
-    ("prod-limits-and-non-root", "api", lambda p: _set(p, memory=None)),
-    ("prod-limits-and-non-root", "api", lambda p: _set(p, user="0")),
-    ("prod-limits-and-non-root", "postgres", lambda p: _set(p, user=None)),
-    ("container-hardening", "api", lambda p: _set(p, capabilities=None)),
-    ("container-hardening", "frontend", lambda p: _set(p, securityOpts=None)),
-    ("container-hardening", "api", lambda p: _set(p, readOnly=False)),
+    ("prod-memory-limit", "api", lambda p: _set(p, memory=None)),
+    ("prod-non-root", "api", lambda p: _set(p, user="0")),
+    ("prod-non-root", "postgres", lambda p: _set(p, user=None)),
+    ("drop-all-capabilities", "api", lambda p: _set(p, capabilities=None)),
+    ("no-new-privileges", "frontend", lambda p: _set(p, securityOpts=None)),
+    ("no-new-privileges", "frontend", lambda p: _set(p, securityOpts=["no-new-privileges:false"])),
+    ("read-only-root-filesystem", "api", lambda p: _set(p, readOnly=False)),
+    ("known-policy-exceptions", "api",
+     lambda p: _label(p, "stock-analyzer.policy-exception.container-hardening", "the old, too broad name")),
+    ("known-policy-exceptions", "api",
+     lambda p: _label(p, "stock-analyzer.policy-exception.read-only-root-filesystem", "  ")),
 ]
 
 
@@ -97,12 +102,64 @@ def test_container_policy_passes_compliant_and_fails_violating(prod: Recording, 
 
 def test_prod_rules_apply_to_prod_only_and_honour_reviewed_exceptions(prod: Recording) -> None:
     api = _set(_container(prod, "api"), memory=None)
-    assert violations("prod-limits-and-non-root", CONTAINER, api)
-    assert violations("prod-limits-and-non-root", CONTAINER, _label(api, "stock-analyzer.environment", "dev")) == []
-    excepted = _label(api, "stock-analyzer.policy-exception.prod-limits-and-non-root", "reviewed in PR #12")
-    assert violations("prod-limits-and-non-root", CONTAINER, excepted) == []
-    empty_reason = _label(api, "stock-analyzer.policy-exception.prod-limits-and-non-root", " ")
-    assert violations("prod-limits-and-non-root", CONTAINER, empty_reason)
+    assert violations("prod-memory-limit", CONTAINER, api)
+    assert violations("prod-memory-limit", CONTAINER, _label(api, "stock-analyzer.environment", "dev")) == []
+    excepted = _label(api, "stock-analyzer.policy-exception.prod-memory-limit", "reviewed in PR #12")
+    assert violations("prod-memory-limit", CONTAINER, excepted) == []
+    empty_reason = _label(api, "stock-analyzer.policy-exception.prod-memory-limit", " ")
+    assert violations("prod-memory-limit", CONTAINER, empty_reason)
+
+
+EXCEPTIONS = ["read-only-root-filesystem", "drop-all-capabilities", "no-new-privileges", "prod-memory-limit",
+              "prod-non-root"]
+
+
+@pytest.mark.parametrize("excepted", EXCEPTIONS)
+def test_an_exception_turns_off_exactly_the_check_it_names(prod: Recording, excepted: str) -> None:
+    """Everything broken at once, one exception: only that check goes quiet, every other still fires."""
+    broken = _set(_container(prod, "api"), readOnly=False, capabilities=None, securityOpts=None, memory=None,
+                  user="0")
+    broken = _label(broken, f"stock-analyzer.policy-exception.{excepted}", "reviewed in PR #12")
+    for policy in EXCEPTIONS:
+        found = violations(policy, CONTAINER, broken)
+        assert (found == []) == (policy == excepted), (policy, found)
+    assert violations("known-policy-exceptions", CONTAINER, broken) == []
+
+
+SECRET_NAMES = ["PGPASSWORD", "DB_PASS", "DBPASS", "DB_PW", "MYSQL_PWD", "MYSQL_ROOT_PASSWORD", "GITHUB_TOKEN",
+                "AWS_SECRET_ACCESS_KEY", "API_KEY", "STRIPE_APIKEY", "GPG_PASSPHRASE", "SMTP_CREDENTIALS",
+                "db_password", "RedisPassword"]
+PLAIN_NAMES = ["DB_HOST", "ENVIRONMENT", "PGDATA", "PGUSER", "API_URL", "PROXY_BYPASS", "KEYBOARD_LAYOUT"]
+
+
+@pytest.mark.parametrize("name", SECRET_NAMES)
+def test_secret_looking_names_are_caught(prod: Recording, name: str) -> None:
+    api = _container(prod, "api")
+    assert violations("no-plaintext-secret-env", CONTAINER, _set(api, envs=[*api["envs"], f"{name}=x"]))
+    assert violations("no-plaintext-secret-env", CONTAINER,
+                      _set(api, envs=[*api["envs"], f"{name}_FILE=/run/secrets/x"])) == []
+
+
+@pytest.mark.parametrize("name", PLAIN_NAMES)
+def test_plain_names_pass(prod: Recording, name: str) -> None:
+    api = _container(prod, "api")
+    assert violations("no-plaintext-secret-env", CONTAINER, _set(api, envs=[*api["envs"], f"{name}=x"])) == []
+
+
+@pytest.mark.parametrize(("value", "caught"), [
+    ("postgres://app:s3cret@postgres:5432/db", True),
+    ("postgresql://app:s3cret@postgres/db?sslmode=require", True),
+    ("redis://:s3cret@cache:6379/0", True),
+    ("https://user:tok@hooks.example/x", True),
+    ("http://api:5000", False),
+    ("postgres://app@postgres:5432/db", False),
+    ("https://hooks.example/path?user=a:b@c", False),
+])
+def test_urls_with_credentials_are_caught_whatever_the_name(prod: Recording, value: str, caught: bool) -> None:
+    api = _container(prod, "api")
+    found = violations("no-plaintext-secret-env", CONTAINER, _set(api, envs=[*api["envs"], f"UPSTREAM={value}"]))
+    assert bool(found) is caught, found
+    assert all("s3cret" not in f and "tok@" not in f for f in found)
 
 
 def test_pinned_image_references() -> None:
@@ -149,3 +206,6 @@ def test_compose_export_complies_with_the_same_rules(stack: str) -> None:
     assert any("postgres: database port" in f for f in found)
     assert any("api: env DB_PASSWORD" in f for f in found)
     assert any("frontend: root filesystem is writable" in f for f in found)
+    # The compose export carries no exception at all.
+    assert not any(k.startswith("stock-analyzer.policy-exception.read-only")
+                   for svc in doc["services"].values() for k in svc["labels"])

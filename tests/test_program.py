@@ -259,9 +259,11 @@ def test_read_only_root_unless_the_provider_must_upload(rec: Recording) -> None:
     # container keeps a writable root and says why in a reviewed-exception label.
     for c in rec.of_type(CONTAINER):
         labels = {x["label"]: x["value"] for x in c.inputs["labels"]}
-        exception = labels.get("stock-analyzer.policy-exception.container-hardening", "")
+        exception = labels.get("stock-analyzer.policy-exception.read-only-root-filesystem", "")
         if plain(c.inputs.get("uploads", [])):
             assert c.inputs["readOnly"] is False and "upload" in exception, c.name
+            # The exception covers the root filesystem only: the other two hardening checks still hold.
+            assert c.inputs["capabilities"]["drops"] == ["ALL"] and c.inputs["securityOpts"], c.name
         else:
             assert c.inputs["readOnly"] is True and not exception, c.name
 

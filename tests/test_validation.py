@@ -146,7 +146,8 @@ def test_validation_judges_whole_values(whole: str) -> None:
 
 
 def test_admin_may_listen_beyond_loopback_in_dev_only() -> None:
-    assert load_settings({"environment": "dev", "adminHostIp": "0.0.0.0"}, "dev").app("admin").ports[0].host_ip == "0.0.0.0"
+    dev = load_settings({"environment": "dev", "adminHostIp": "0.0.0.0"}, "dev")
+    assert dev.app("admin").ports[0].host_ip == "0.0.0.0"
     prod = {k.split(":", 1)[1]: v for k, v in committed_config("prod").items()}
     assert load_settings({**prod, "adminHostIp": "::1"}, "prod").app("admin").ports[0].host_ip == "::1"
 

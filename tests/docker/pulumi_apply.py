@@ -27,7 +27,7 @@ from tests.pulumi_mocks import ROOT, Recording, Resource, plain
 DOCKER_SOCK = "/var/run/docker.sock"
 KNOWN: dict[str, set[str]] = {
     "random:index/randomPassword:RandomPassword": {"length", "special", "keepers"},
-    "docker:index/network:Network": {"name", "driver", "labels"},
+    "docker:index/network:Network": {"name", "driver", "labels"},  # labels: a list of {label, value}
     "docker:index/volume:Volume": {"name", "labels"},
     "docker:index/remoteImage:RemoteImage": {"name", "keepLocally"},
     "docker:index/image:Image": {"imageName", "build", "skipPush", "buildOnPreview"},
@@ -190,7 +190,7 @@ def _container(i: dict[str, Any], applied: Applied) -> int | None:
     """Create and start as the provider does; returns the exit code of an attached (one-shot) container."""
     name = i["name"]
     nets = i.get("networksAdvanced", [])
-    assert len(nets) == 1, "harness handles exactly one network per container"
+    assert nets, "harness expects networksAdvanced on every container"
     entry = i.get("entrypoints")
     hc = i.get("healthcheck")
     config: dict[str, Any] = {
@@ -214,9 +214,7 @@ def _container(i: dict[str, Any], applied: Applied) -> int | None:
             "LogConfig": {"Type": i.get("logDriver", "json-file"), "Config": i.get("logOpts", {})},
             "Binds": [f"{v['volumeName']}:{v['containerPath']}" + (":ro" if v.get("readOnly") else "")
                       for v in i.get("volumes", [])],
-            "NetworkMode": nets[0]["name"],
         },
-        "NetworkingConfig": {"EndpointsConfig": {nets[0]["name"]: {"Aliases": nets[0].get("aliases", [])}}},
     }
     if entry:
         config["Entrypoint"] = entry
@@ -237,6 +235,14 @@ def _container(i: dict[str, Any], applied: Applied) -> int | None:
     status, body = engine("POST", f"/containers/create?name={name}", config)
     assert status == 201, f"create {name}: {status} {body}"
     applied.containers.append((name, int(i.get("destroyGraceSeconds", 0))))
+    # As the provider: created on the default bridge, then disconnected from it and connected to each of
+    # networks_advanced with its aliases, all before the start.
+    status, body = engine("POST", "/networks/bridge/disconnect", {"Container": name})
+    assert status == 200 or "is not connected" in str(body), f"disconnect {name} from bridge: {status} {body}"
+    for net in nets:
+        status, body = engine("POST", f"/networks/{net['name']}/connect",
+                              {"Container": name, "EndpointConfig": {"Aliases": net.get("aliases", [])}})
+        assert status == 200, f"connect {name} to {net['name']}: {status} {body}"
     if i.get("uploads"):
         # As the provider: default copy options, ownership and mode from the tar headers (copyUIDGID would
         # instead chown to the container user, and fails for a numeric user without a passwd entry).

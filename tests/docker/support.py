@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from components.settings import StackSettings
+from tests.raw_http import chunks, exchange
 
 T = TypeVar("T")
 
@@ -128,3 +129,40 @@ class RequestLoop:
     def outage_s(self) -> float:
         """Seconds from the first to the last failed request (0 when none failed)."""
         return self.failures[-1][0] - self.failures[0][0] if self.failures else 0.0
+
+
+_PROBE = """
+import socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+try:
+    socket.create_connection((host, port), timeout=3).close()
+    print("connected")
+except socket.gaierror:
+    print("no-name")
+except OSError as err:
+    print("refused-or-unreachable", type(err).__name__)
+"""
+
+
+def probe_tcp(container: str, host: str, port: int) -> str:
+    """From inside `container` (its own Python): 'connected', 'no-name' or 'refused-or-unreachable ...'."""
+    return sh("docker", "exec", container, "python", "-c", _PROBE, host, str(port), timeout=30).stdout.strip()
+
+
+def assert_database_isolated(frontend: str, api: str, postgres: str) -> None:
+    """What the frontend (the public face) can reach: the API, and not the database by name or by address."""
+    assert probe_tcp(frontend, "api", 5000) == "connected"
+    assert probe_tcp(frontend, "postgres", 5432) == "no-name"
+    addresses = [n["IPAddress"] for n in inspect(postgres)["NetworkSettings"]["Networks"].values()]
+    assert addresses and all(addresses)
+    for address in addresses:
+        assert probe_tcp(frontend, address, 5432).startswith("refused-or-unreachable"), address
+    # The control: the API, on the backend, does reach it (so the probe itself can succeed).
+    assert probe_tcp(api, "postgres", 5432) == "connected"
+
+
+def post_oversized_body(port: int, size: int = 8 << 20) -> bytes:
+    """An 8 MiB body to the API on loopback; returns the status line the server sent (bounded by time)."""
+    head = (f"POST /prices HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {size}\r\n\r\n").encode()
+    return exchange(port, head, chunks(size), timeout_s=10).split(b"\r\n", 1)[0]

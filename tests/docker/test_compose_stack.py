@@ -15,12 +15,15 @@ import pytest
 
 from components import compose
 from components.settings import USER_SECRETS, StackSettings
+from tests.api_fuzz import fuzz
 from tests.docker.compose_support import Stack, exported_stack, open_credentials
 from tests.docker.support import (
     RequestLoop,
+    assert_database_isolated,
     health,
     http,
     inspect,
+    post_oversized_body,
     postgres_dsn,
     sh,
     wait_for,
@@ -54,6 +57,17 @@ def test_all_services_healthy_and_answering(stack: Stack, up: float) -> None:
     status, body = http("GET", stack.url("admin", "/"), headers={"Authorization": f"Basic {auth}"})
     assert status == 200
     assert inspect(stack.names["db-provision"])["State"]["ExitCode"] == 0
+
+
+def test_frontend_cannot_reach_the_database(stack: Stack, up: float) -> None:
+    assert_database_isolated(stack.names["frontend"], stack.names["api"], stack.names["postgres"])
+
+
+def test_api_server_refuses_an_oversized_body(stack: Stack, up: float) -> None:
+    started = time.monotonic()
+    assert post_oversized_body(stack.s.app("api").ports[0].host_port).startswith(b"HTTP/1.1 413")
+    assert time.monotonic() - started < 10
+    assert health(stack.names["api"]) == "healthy"
 
 
 def test_rows_survive_down_and_up(stack: Stack, up: float) -> None:
@@ -209,3 +223,12 @@ def test_rotation_applied_as_the_cli_says_recreates_nothing(stack: Stack, up: fl
     user = stack.s.db_superuser if name == "postgres_password" else open_credentials(stack)[0]
     with psycopg.connect(dsn, user=user, password=new) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_api_fuzzed_with_the_real_database(stack: Stack, up: float) -> None:
+    """The OpenAPI document against the real API and Postgres: no 5xx, every response as documented.
+    Last in the module: it writes rows that the row counts above do not expect."""
+    started = time.monotonic()
+    sent = fuzz(stack.url("api", ""), max_examples=25)
+    print(f"fuzzer: {sent} requests in {time.monotonic() - started:.1f} s")
+    assert sent >= 5 * 15

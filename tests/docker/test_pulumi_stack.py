@@ -17,7 +17,15 @@ import pytest
 from components.settings import StackSettings
 from tests.docker.conftest import ca_bundle
 from tests.docker.pulumi_apply import Applied, JobFailedError, apply, update
-from tests.docker.support import RequestLoop, http, inspect, postgres_dsn, remove_containers, sh
+from tests.docker.support import (
+    RequestLoop,
+    assert_database_isolated,
+    http,
+    inspect,
+    postgres_dsn,
+    remove_containers,
+    sh,
+)
 from tests.pulumi_mocks import PROJECT, Recording, committed_config, plain, run_program
 
 pytestmark = pytest.mark.docker
@@ -94,6 +102,15 @@ def test_scenario_health_frontend_admin_and_rows(applied: Applied, recording: Re
     assert http("GET", _url(recording, "admin_url", "/"))[0] == 401
     status, body = http("GET", _url(recording, "admin_url", "/"), headers={"Authorization": f"Basic {auth}"})
     assert status == 200 and b"2 price rows" in body
+
+
+def test_frontend_cannot_reach_the_database(applied: Applied, recording: Recording) -> None:
+    names = plain(recording.outputs["containers"])
+    assert_database_isolated(names["frontend"], names["api"], names["postgres"])
+    networks = {n: sorted(inspect(c)["NetworkSettings"]["Networks"]) for n, c in names.items()}
+    assert networks["frontend"] == ["stock-analyzer-dev_frontend"]
+    assert networks["postgres"] == networks["admin"] == ["stock-analyzer-dev_backend"]
+    assert networks["api"] == ["stock-analyzer-dev_backend", "stock-analyzer-dev_frontend"]
 
 
 # Rotation (issue #4), on the stack applied above: each test moves the deployment one step further.
