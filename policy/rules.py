@@ -20,7 +20,7 @@ SECRET_WORDS = {"PASS", "PASSWORD", "PASSWD", "PWD", "PW", "SECRET", "TOKEN", "K
 # A part that contains one of these looks secret too: PGPASSWORD, MYSQL_ROOTPASSWORD, GITHUBTOKEN, DBPASS.
 SECRET_STEMS = ("PASSWORD", "PASSWD", "PASSPHRASE", "SECRET", "TOKEN", "APIKEY", "CREDENTIAL", "PRIVATEKEY")
 SECRET_SUFFIXES = ("PASS", "PWD")
-# scheme://user:password@host: a credential inside a URL (a DSN, a proxy, a webhook), whatever the variable is named.
+# A password inside a URL (user:password@ after the scheme: a DSN, a proxy, a webhook), whatever the variable is named.
 _URL_CREDENTIALS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s:]*:[^/?#@\s]+@")
 SERVICE_RESTARTS = {"always", "unless-stopped", "on-failure"}
 DB_PORTS = {5432}
@@ -166,7 +166,7 @@ def no_plaintext_secret_env(c: ContainerView) -> list[str]:
     out = []
     for name, value in sorted(c.env.items()):
         if _URL_CREDENTIALS.search(value):
-            out.append(f"{c.name}: env {name} holds a URL with a password (scheme://user:password@host); "
+            out.append(f"{c.name}: env {name} holds a URL with a password in it (user:password@host); "
                        "keep the password out of the URL and deliver it as a file")
             continue
         if not looks_secret(name):

@@ -147,10 +147,10 @@ def test_plain_names_pass(prod: Recording, name: str) -> None:
 
 
 @pytest.mark.parametrize(("value", "caught"), [
-    ("postgres://app:s3cret@postgres:5432/db", True),
-    ("postgresql://app:s3cret@postgres/db?sslmode=require", True),
-    ("redis://:s3cret@cache:6379/0", True),
-    ("https://user:tok@hooks.example/x", True),
+    ("postgres://app:s3cret@postgres:5432/db", True),  # pragma: allowlist secret (test values)
+    ("postgresql://app:s3cret@postgres/db?sslmode=require", True),  # pragma: allowlist secret (test values)
+    ("redis://:s3cret@cache:6379/0", True),  # pragma: allowlist secret (test values)
+    ("https://user:tok@hooks.example/x", True),  # pragma: allowlist secret (test values)
     ("http://api:5000", False),
     ("postgres://app@postgres:5432/db", False),
     ("https://hooks.example/path?user=a:b@c", False),
