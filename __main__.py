@@ -5,6 +5,7 @@ from __future__ import annotations
 import pulumi
 
 from components.app import App, AppArgs
+from components.backup import Backup, BackupArgs
 from components.compose import compose_text
 from components.credentials import Credentials, CredentialsArgs
 from components.database import Database, DatabaseArgs
@@ -31,6 +32,15 @@ app = App("app", AppArgs(
     provisioned=database.provisioned,
 ))
 
+backup = Backup("backup", BackupArgs(
+    settings=settings,
+    image=database.image_id,
+    network_names=network.names,
+    passwords=credentials.passwords,
+    volume_names=database.volume_names,
+    depends_on=[database.server, database.provision],
+))
+
 urls = {spec.service: f"http://{spec.ports[0].host_ip}:{spec.ports[0].host_port}" for spec in settings.apps}
 pulumi.export("environment", settings.environment)
 pulumi.export("api_url", urls["api"])
@@ -40,7 +50,8 @@ pulumi.export("admin_user", settings.admin_user)
 pulumi.export("networks", network.names)
 pulumi.export("data_volume", database.volume_name)
 pulumi.export("app_image", app.image_ref)
-pulumi.export("containers", {"postgres": database.container_name, **app.container_names})
+pulumi.export("containers", {"postgres": database.container_name, **app.container_names,
+                              "db-backup": backup.container_name})
 # The same deployment as a compose file (no secret values in it): `pulumi stack output compose`.
 pulumi.export("compose", compose_text(settings))
 # Secrets: revealed only on purpose, with `pulumi stack output --show-secrets NAME`.

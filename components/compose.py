@@ -126,6 +126,8 @@ def compose_document(s: StackSettings, app_context: Path = APP_CONTEXT,
         if i > 0:
             svc = {"image": svc.pop("image"), "pull_policy": "never", **svc}
         services[spec.service] = svc
+    services[s.backup.service] = _service(s.backup, s, s.postgres_image, None, {
+        **healthy_db, "db-provision": {"condition": "service_completed_successfully"}})
     used = sorted({m.secret.name for c in s.containers for m in c.secrets})
     build_secrets = {"ca": {"file": str(ca_bundle.absolute())}} if ca_bundle else {}
     return {

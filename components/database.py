@@ -9,7 +9,7 @@ import pulumi
 import pulumi_docker as docker
 
 from components.containers import container_args, replace_opts
-from components.settings import VOL_APP_CREDENTIALS, VOL_DATA, VOL_PROVISION_STATE, StackSettings
+from components.settings import VOL_APP_CREDENTIALS, VOL_BACKUPS, VOL_DATA, VOL_PROVISION_STATE, StackSettings
 
 
 @dataclass
@@ -20,7 +20,8 @@ class DatabaseArgs:
     passwords: Mapping[str, pulumi.Output[str]]
 
 
-_VOLUME_ROLES = {VOL_DATA: "data", VOL_APP_CREDENTIALS: "app-credentials", VOL_PROVISION_STATE: "provision-state"}
+_VOLUME_ROLES = {VOL_DATA: "data", VOL_APP_CREDENTIALS: "app-credentials", VOL_PROVISION_STATE: "provision-state",
+                 VOL_BACKUPS: "backups"}
 
 
 class Database(pulumi.ComponentResource):
@@ -49,7 +50,8 @@ class Database(pulumi.ComponentResource):
                         docker.VolumeLabelArgs(label="stock-analyzer.stack", value=s.stack)],
                 # retain_on_delete keeps the data if the volume resource is ever deleted from the program;
                 # protect makes `pulumi destroy` refuse in the first place. The provisioning state (the
-                # previous superuser password) is protected with the data it unlocks.
+                # previous superuser password) is protected with the data it unlocks, the backups with the
+                # data they restore.
                 opts=pulumi.ResourceOptions(parent=self, protect=s.protect_data, retain_on_delete=s.protect_data),
             )
             for logical, engine_name in s.volumes.items()

@@ -34,6 +34,7 @@ APP_UID = 10001
 SECRETS_DIR = "/run/secrets"
 DB_ALIAS = "postgres"
 PROVISION_MEMORY_MB = 128
+BACKUP_MEMORY_MB = 256
 # The app's database credential (user and password, one file) lives in a volume that the provisioning
 # job writes and the app reads on every connection: rotating it needs no app restart.
 APP_CREDENTIALS_DIR = "/run/app-credentials"
@@ -46,6 +47,11 @@ TMP_DIR = "/tmp"  # noqa: S108 (a private tmpfs inside the container, not the ho
 NET_BACKEND, NET_FRONTEND = "backend", "frontend"
 # Logical volume names (compose keys); the engine names are per stack, see StackSettings.volumes.
 VOL_DATA, VOL_APP_CREDENTIALS, VOL_PROVISION_STATE = "postgres_data", "app_credentials", "provision_state"
+VOL_BACKUPS = "backups"
+# Scheduled logical backups (backup/backup.sh), in their own volume: protected with the data in prod.
+BACKUP_DIR = "/var/lib/backups"
+BACKUP_SOURCE = Path(__file__).resolve().parent.parent / "backup"
+BACKUP_TARGET = "/backup"
 # The provisioning job's shell and SQL (see provision/provision.sh), uploaded to /provision in its container.
 PROVISION_SOURCE = Path(__file__).resolve().parent.parent / "provision"
 PROVISION_TARGET = "/provision"
@@ -53,8 +59,16 @@ PROVISION_TARGET = "/provision"
 
 def provision_files() -> tuple[tuple[str, str], ...]:
     """(path in the job's container, content) of every provisioning file, in a stable order."""
-    files = sorted(p for p in PROVISION_SOURCE.iterdir() if p.suffix in (".sh", ".sql"))
-    return tuple((f"{PROVISION_TARGET}/{p.name}", p.read_text(encoding="utf-8")) for p in files)
+    return _script_files(PROVISION_SOURCE, PROVISION_TARGET)
+
+
+def backup_files() -> tuple[tuple[str, str], ...]:
+    return _script_files(BACKUP_SOURCE, BACKUP_TARGET)
+
+
+def _script_files(source: Path, target: str) -> tuple[tuple[str, str], ...]:
+    files = sorted(p for p in source.iterdir() if p.suffix in (".sh", ".sql"))
+    return tuple((f"{target}/{p.name}", p.read_text(encoding="utf-8")) for p in files)
 
 
 class ConfigError(ValueError):
@@ -195,6 +209,11 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("restartPolicy", "string", "Restart policy of long-running containers.", "unless-stopped"),
     ConfigKey("restartMaxRetries", "integer", "Restart attempts when restartPolicy is on-failure.", "5"),
     ConfigKey("protectData", "boolean", "Protect the data volume from deletion (required in prod).", "false"),
+    ConfigKey("postgresDataMajor", "integer", "PostgreSQL major of the data directory; postgresImage must match it "
+              "(change both only after `python -m components.ops upgrade`).", "17"),
+    ConfigKey("backupIntervalMinutes", "integer",
+              "Minutes between scheduled logical backups (the first runs at start).", "1440"),
+    ConfigKey("backupKeep", "integer", "Scheduled and on-demand backups kept; older ones are pruned.", "7"),
     ConfigKey("adminUser", "string", "Admin UI user name.", "admin"),
     *(ConfigKey(s.config_key, "string", f"Optional own {s.description}, set with --secret; generated when unset.",
                 None, secret=True)
@@ -246,6 +265,10 @@ class StackSettings:
     postgres: ContainerSpec
     provision: ContainerSpec
     apps: tuple[ContainerSpec, ...]
+    backup: ContainerSpec
+    postgres_major: int
+    backup_interval_s: int
+    backup_keep: int
     secret_versions: dict[str, int] = field(default_factory=dict)  # secret name -> rotation version
 
     @property
@@ -259,7 +282,11 @@ class StackSettings:
 
     @property
     def containers(self) -> tuple[ContainerSpec, ...]:
-        return (self.postgres, self.provision, *self.apps)
+        return (self.postgres, self.provision, *self.apps, self.backup)
+
+    @property
+    def app_group(self) -> str:
+        return app_role_names(self.db_app_user)[2]
 
     @property
     def log_opts(self) -> dict[str, str]:
@@ -504,6 +531,17 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
     prefix = f"{project}-{stack}"
     python_base_image = r.image("pythonBaseImage")
     postgres_image = r.image("postgresImage", postgres=True)
+    postgres_major = image_major(postgres_image)
+    data_major = r.integer("postgresDataMajor", 9, 99)
+    if postgres_major < data_major:
+        raise _fail("postgresImage", postgres_image, f"an image of PostgreSQL {data_major}, the major of the data "
+                    f"directory ({PROJECT}:postgresDataMajor): a downgrade cannot read it, and is refused")
+    if postgres_major > data_major:
+        raise _fail("postgresImage", postgres_image, f"an image of PostgreSQL {data_major}, the major of the data "
+                    f"directory ({PROJECT}:postgresDataMajor): to upgrade, run `python -m components.ops upgrade "
+                    f"--stack {stack} --to-image {postgres_image}` first, then set both keys (docs/operations.md)")
+    backup_interval_min = r.integer("backupIntervalMinutes", 5, 60 * 24 * 31)
+    backup_keep = r.integer("backupKeep", 1, 1000)
     db_env = (("DB_HOST", DB_ALIAS), ("DB_NAME", db_name), ("DB_PORT", str(POSTGRES_PORT)))
     env_common = (("ENVIRONMENT", environment),)
 
@@ -558,6 +596,8 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
             "POSTGRES_BOOTSTRAP_PASSWORD_FILE": SECRET_POSTGRES_BOOTSTRAP.path,
             "POSTGRES_PASSWORD_FILE": SECRET_POSTGRES.path,
             "PROVISION_STATE_DIR": PROVISION_STATE_DIR,
+            "BACKUP_DIR": BACKUP_DIR,
+            "BACKUP_UID": str(POSTGRES_UID),
         }.items())),
         secrets=tuple(SecretMount(spec, 0) for spec in (SECRET_POSTGRES, SECRET_APP_DB, SECRET_POSTGRES_BOOTSTRAP)),
         pids_limit=64,
@@ -573,7 +613,39 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
                             "all capabilities but CHOWN dropped, read-only root, no-new-privileges (all checked)"),),
         uploads=provision_files(),
         mounts=(VolumeMount(VOL_APP_CREDENTIALS, APP_CREDENTIALS_DIR),
-                VolumeMount(VOL_PROVISION_STATE, PROVISION_STATE_DIR)),
+                VolumeMount(VOL_PROVISION_STATE, PROVISION_STATE_DIR),
+                # Only to hand the (new, root-owned) backup directory to the postgres uid.
+                VolumeMount(VOL_BACKUPS, BACKUP_DIR)),
+    )
+    backup = ContainerSpec(
+        service="db-backup",
+        container_name=f"{prefix}-db-backup",
+        entrypoint=("sh", f"{BACKUP_TARGET}/backup.sh"),
+        command=("loop",),
+        env=tuple(sorted({
+            "APP_GROUP": app_role_names(app_user)[2],
+            "BACKUP_DIR": BACKUP_DIR,
+            "BACKUP_INTERVAL_S": str(backup_interval_min * 60),
+            "BACKUP_KEEP": str(backup_keep),
+            "PGDATABASE": db_name,
+            "PGHOST": DB_ALIAS,
+            "PGPORT": str(POSTGRES_PORT),
+            "PGUSER": superuser,
+            "POSTGRES_PASSWORD_FILE": SECRET_POSTGRES.path,
+        }.items())),
+        secrets=(SecretMount(SECRET_POSTGRES, POSTGRES_UID),),
+        ports=(),
+        # Healthy while the last backup attempt succeeded; the first runs at start.
+        healthcheck=Healthcheck(test=("CMD", "sh", f"{BACKUP_TARGET}/backup.sh", "health"), interval_s=30,
+                                timeout_s=10, retries=2, start_period_s=600, start_interval_s=1),
+        memory_mb=BACKUP_MEMORY_MB,
+        restart=restart,
+        max_retries=max_retries,
+        user=f"{POSTGRES_UID}:{POSTGRES_UID}",
+        uploads=backup_files(),
+        pids_limit=64,
+        stop_grace_s=30,
+        mounts=(VolumeMount(VOL_BACKUPS, BACKUP_DIR),),
     )
     app_db_env = (*db_env, ("DB_CREDENTIALS_FILE", APP_CREDENTIALS_FILE))
     apps = (
@@ -583,7 +655,8 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
                   (*env_common, ("API_URL", f"http://api:{app_ports['api']}")), (),
                   bindings["frontend"], memory["frontend"], restart, max_retries, (NET_FRONTEND,)),
         _app_spec(prefix, "admin", app_ports["admin"],
-                  (*env_common, *app_db_env, ("ADMIN_USER", admin_user), ("ADMIN_PASSWORD_FILE", SECRET_ADMIN.path)),
+                  (*env_common, *app_db_env, ("ADMIN_USER", admin_user), ("ADMIN_PASSWORD_FILE", SECRET_ADMIN.path),
+                   ("BACKUP_STATUS_FILE", f"{BACKUP_DIR}/status")),
                   (SecretMount(SECRET_ADMIN, APP_UID),),
                   bindings["admin"], memory["admin"], restart, max_retries, (NET_BACKEND,)),
     )
@@ -592,7 +665,7 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         stack=stack,
         environment=environment,
         networks={n: f"{prefix}_{n}" for n in (NET_BACKEND, NET_FRONTEND)},
-        volumes={v: f"{prefix}_{v}" for v in (VOL_DATA, VOL_APP_CREDENTIALS, VOL_PROVISION_STATE)},
+        volumes={v: f"{prefix}_{v}" for v in (VOL_DATA, VOL_APP_CREDENTIALS, VOL_PROVISION_STATE, VOL_BACKUPS)},
         postgres_image=postgres_image,
         python_base_image=python_base_image,
         app_image=f"{app_repo}:{stack}",
@@ -608,6 +681,10 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         postgres=postgres,
         provision=provision,
         apps=apps,
+        backup=backup,
+        postgres_major=postgres_major,
+        backup_interval_s=backup_interval_min * 60,
+        backup_keep=backup_keep,
         secret_versions={spec.name: r.integer(spec.version_key, 1, 1_000_000) for spec in USER_SECRETS},
     )
 
@@ -625,6 +702,16 @@ def spec_labels(spec: ContainerSpec, settings: StackSettings) -> dict[str, str]:
         "stock-analyzer.stack": settings.stack,
         **{f"stock-analyzer.policy-exception.{policy}": reason for policy, reason in spec.policy_exceptions},
     }
+
+
+def image_major(image: str) -> int:
+    """The PostgreSQL major of a validated postgres image reference (its tag starts with it)."""
+    m = _IMAGE_REF.fullmatch(image)
+    tag = (m["tag"] if m else None) or ""
+    major = re.match(r"[0-9]+", tag)
+    if not major:
+        raise ValueError(f"{image}: no major version in the tag")
+    return int(major[0])
 
 
 def app_role_names(app_user: str) -> tuple[str, str, str]:
@@ -649,6 +736,8 @@ def _app_spec(prefix: str, service: str, port: int, env: tuple[tuple[str, str], 
         user=f"{APP_UID}:{APP_UID}",
         aliases=(service,),
         networks=networks,
-        mounts=(VolumeMount(VOL_APP_CREDENTIALS, APP_CREDENTIALS_DIR, read_only=True),)
-        if any(k == "DB_CREDENTIALS_FILE" for k, _ in env) else (),
+        mounts=(*((VolumeMount(VOL_APP_CREDENTIALS, APP_CREDENTIALS_DIR, read_only=True),)
+                  if any(k == "DB_CREDENTIALS_FILE" for k, _ in env) else ()),
+                *((VolumeMount(VOL_BACKUPS, BACKUP_DIR, read_only=True),)
+                  if any(k == "BACKUP_STATUS_FILE" for k, _ in env) else ())),
     )

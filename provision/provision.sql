@@ -40,5 +40,7 @@ CREATE TABLE IF NOT EXISTS stock_prices (
     created_at timestamptz NOT NULL DEFAULT now(),
     UNIQUE (symbol, day)
 );
-GRANT SELECT, INSERT, UPDATE ON stock_prices TO :"app_group";
-GRANT USAGE ON SEQUENCE stock_prices_id_seq TO :"app_group";
+-- Every table and sequence of the app's schema, stock_prices and whatever an adopted legacy database
+-- brought (owned by the superuser, used by the app through its group; never owned by the app).
+GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO :"app_group";
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO :"app_group";

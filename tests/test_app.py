@@ -223,3 +223,18 @@ def test_container_healthcheck_probe(served: str, store: FakeStore) -> None:
     store.down = True
     assert healthcheck.check(f"{served}/health") is False
     assert healthcheck.check("http://127.0.0.1:9/health", timeout_s=0.5) is False
+
+
+def test_admin_shows_when_the_last_good_backup_was_taken(store: FakeStore, tmp_path: Path) -> None:
+    from stock_app.__main__ import last_good_backup
+
+    status = tmp_path / "status"
+    assert last_good_backup(str(status)) == "none yet"
+    status.write_text("last_attempt=2026-11-30T05:00:00Z\nlast_result=ok\nlast_detail=d\n"
+                      "last_good=2026-11-30T05:00:00Z\nlast_good_id=stock_analysis-20261130T050000Z\n")
+    assert last_good_backup(str(status)) == "2026-11-30T05:00:00Z (stock_analysis-20261130T050000Z)"
+    status.write_text(status.read_text().replace("last_result=ok", "last_result=failed"))
+    assert "FAILED" in last_good_backup(str(status))
+    app = admin_app(store, "admin", lambda: "s3cret-value-long", lambda: last_good_backup(str(status)))
+    body = call(app, "GET", "/", headers=_basic("admin", "s3cret-value-long"))[2]
+    assert b"Last good backup: 2026-11-30T05:00:00Z" in body and b"FAILED" in body

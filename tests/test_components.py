@@ -50,7 +50,7 @@ def test_database_alone() -> None:
     rec = run(lambda: Database("db", DatabaseArgs(settings=SETTINGS, network_names=NETS, passwords=_passwords())),
               "t1", {})
     assert sorted(r.name for r in rec.of_type("docker:index/volume:Volume")) == [
-        "db-app-credentials", "db-data", "db-provision-state"]
+        "db-app-credentials", "db-backups", "db-data", "db-provision-state"]
     containers = rec.containers()
     assert set(containers) == {"postgres", "db-provision"}
     env = dict(e.split("=", 1) for e in containers["postgres"].inputs["envs"])
@@ -65,7 +65,8 @@ def test_database_alone() -> None:
 def test_app_alone_uses_settings_ports() -> None:
     rec = run(lambda: App("web", AppArgs(settings=SETTINGS, context="app", network_names=NETS,
                                           passwords=_passwords(),
-                                          volume_names={"app_credentials": "creds-vol"})), "t1", {})
+                                          volume_names={"app_credentials": "creds-vol",
+                                                        "backups": "backups-vol"})), "t1", {})
     containers = rec.containers()
     assert set(containers) == {"api", "frontend", "admin"}
     assert containers["api"].inputs["ports"] == [{"internal": 5000, "external": 15000, "ip": "127.0.0.2",
@@ -74,7 +75,8 @@ def test_app_alone_uses_settings_ports() -> None:
     assert files == {"/run/secrets/admin_password"}
     creds = {"volumeName": "creds-vol", "containerPath": "/run/app-credentials", "readOnly": True}
     assert containers["api"].inputs["volumes"] == [creds]
-    assert containers["admin"].inputs["volumes"] == [creds]
+    assert containers["admin"].inputs["volumes"] == [
+        creds, {"volumeName": "backups-vol", "containerPath": "/var/lib/backups", "readOnly": True}]
     assert plain(containers["frontend"].inputs.get("uploads", [])) == []
     assert "volumes" not in containers["frontend"].inputs
     nets = {svc: sorted(n["name"] for n in c.inputs["networksAdvanced"]) for svc, c in containers.items()}

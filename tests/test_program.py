@@ -55,6 +55,9 @@ def test_resource_graph(rec: Recording, stack: str) -> None:
         ("docker:index/volume:Volume", "database-data"),
         ("docker:index/volume:Volume", "database-app-credentials"),
         ("docker:index/volume:Volume", "database-provision-state"),
+        ("docker:index/volume:Volume", "database-backups"),
+        ("stock-analyzer:backup:Backup", "backup"),
+        (CONTAINER, "backup-runner"),
         (CONTAINER, "database-server"),
         (CONTAINER, "database-provision"),
         ("stock-analyzer:app:App", "app"),
@@ -187,9 +190,13 @@ def test_app_connects_as_least_privileged_role(rec: Recording, cfg: dict[str, st
         # The app's credential comes from the file the provisioning job writes, never the superuser's.
         assert "DB_USER" not in env and "POSTGRES_PASSWORD_FILE" not in env
         assert env["DB_CREDENTIALS_FILE"] == job["APP_CREDENTIALS_FILE"]
-        (mount,) = named_mounts(containers[svc])
-        assert mount == {"volumeName": creds_volume, "containerPath": env["DB_CREDENTIALS_FILE"].rsplit("/", 1)[0],
-                         "readOnly": True}
+        mounts = named_mounts(containers[svc])
+        assert mounts[0] == {"volumeName": creds_volume,
+                             "containerPath": env["DB_CREDENTIALS_FILE"].rsplit("/", 1)[0], "readOnly": True}
+        # Besides, only the admin UI reads the backups' status, read-only.
+        backups = rec.named("database-backups").inputs["name"]
+        assert mounts[1:] == ([{"volumeName": backups, "containerPath": "/var/lib/backups", "readOnly": True}]
+                              if svc == "admin" else [])
         files = {u["file"] for u in plain(containers[svc].inputs.get("uploads", []))}
         assert "/run/secrets/postgres_password" not in files
     assert "ADMIN_PASSWORD_FILE" not in env_of(containers["api"])
@@ -273,7 +280,7 @@ def test_provision_job_runs_once_and_is_waited_for(rec: Recording) -> None:
     assert job["mustRun"] is False and job["attach"] is True and job["restart"] == "no"
     assert job["user"] == "0"  # it chowns the app's credential file to the app's uid
     assert {m["containerPath"] for m in job["volumes"] if "volumeName" in m} == {
-        "/run/app-credentials", "/var/lib/provision"}
+        "/run/app-credentials", "/var/lib/provision", "/var/lib/backups"}
     files = {u["file"] for u in plain(job["uploads"])}
     assert {"/provision/provision.sh", "/provision/provision.sql"} <= files
 

@@ -13,7 +13,8 @@ from tests.pulumi_mocks import PROJECT, Recording, committed_config, is_secret, 
 EXPECTED = {
     "appDbPasswordVersion": {"credentials-app-db-password", "database-provision"},
     # The server container carries only the bootstrap password: it stays (issue #8: no restart, 0 failures).
-    "postgresPasswordVersion": {"credentials-postgres-password", "database-provision"},
+    # The backup container logs in as the superuser: it is replaced with the new password file.
+    "postgresPasswordVersion": {"credentials-postgres-password", "database-provision", "backup-runner"},
     "adminPasswordVersion": {"credentials-admin-password", "app-admin"},
 }
 # Stack output names, not values.

@@ -179,3 +179,54 @@ def test_sixteen_characters_are_enough() -> None:
     own = "0123456789abcdef"  # pragma: allowlist secret (a length boundary, not a credential)
     rec = run_program("dev", _with("dev", adminPassword=own), secret_keys=("adminPassword",))
     assert plain(rec.outputs["admin_password"]) == own
+
+
+def _prod_raw(**changes: str) -> dict[str, str]:
+    return {**{k.split(":", 1)[1]: v for k, v in committed_config("prod").items()}, **changes}
+
+
+@pytest.mark.parametrize(("image", "data_major", "phrase"), [
+    ("postgres:14.13", "17", "a downgrade cannot read it, and is refused"),
+    ("postgres:16.4", "17", "downgrade"),
+    ("postgres:17.6-trixie", "16", "python -m components.ops upgrade --stack prod --to-image postgres:17.6-trixie"),
+])
+def test_a_postgres_major_other_than_the_datas_is_refused(image: str, data_major: str, phrase: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(_prod_raw(postgresImage=image, postgresDataMajor=data_major), "prod")
+    assert "'stock-analyzer:postgresImage'" in str(err.value) and phrase in str(err.value)
+
+
+def test_the_program_refuses_a_major_change_before_any_resource() -> None:
+    with pytest.raises(pulumi.RunError, match="postgresDataMajor"):
+        run_program("prod", _with("prod", postgresImage="postgres:14.13"))
+
+
+def test_matching_majors_pass() -> None:
+    s = load_settings(_prod_raw(postgresImage="postgres:15.8", postgresDataMajor="15"), "prod")
+    assert s.postgres_major == 15
+
+
+@pytest.mark.parametrize(("key", "value"), [("backupIntervalMinutes", "0"), ("backupIntervalMinutes", "4"),
+                                            ("backupKeep", "0"), ("backupKeep", "1001")])
+def test_backup_schedule_bounds(key: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        load_settings(_prod_raw(**{key: value}), "prod")
+
+
+def test_prod_backups_outlive_destroy_like_the_data() -> None:
+    rec = run_program("prod")
+    for name in ("database-data", "database-backups"):
+        volume = rec.named(name)
+        assert volume.protect is True and volume.retain_on_delete is True, name
+    backup = rec.containers()["db-backup"].inputs
+    env = dict(e.split("=", 1) for e in backup["envs"])
+    assert env["BACKUP_INTERVAL_S"] == "86400" and env["BACKUP_KEEP"] == "7"
+    assert backup["user"] == "999:999" and backup["memory"] > 0
+
+
+def test_ops_refuses_an_unknown_stack_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from components.ops.__main__ import main
+
+    assert main(["backups", "--stack", "staging"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown stack 'staging'") and err.count("\n") == 1

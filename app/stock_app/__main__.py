@@ -32,8 +32,9 @@ def build(role: str) -> WsgiApp:
     if role == "api":
         return api_app(PostgresStore(DbConfig.from_env()))
     if role == "admin":
+        status_file = os.environ.get("BACKUP_STATUS_FILE", "")
         return admin_app(PostgresStore(DbConfig.from_env()), os.environ.get("ADMIN_USER", "admin"),
-                         lambda: read_secret("ADMIN_PASSWORD"))
+                         lambda: read_secret("ADMIN_PASSWORD"), lambda: last_good_backup(status_file))
     api_url = os.environ.get("API_URL", "http://api:5000").rstrip("/")
 
     def fetch() -> list[dict[str, str]]:
@@ -42,6 +43,23 @@ def build(role: str) -> WsgiApp:
             return data
 
     return frontend_app(fetch)
+
+
+def last_good_backup(status_file: str) -> str:
+    """From the backup container's status file (key=value lines): when, and which, or why not."""
+    if not status_file:
+        return "not configured"
+    try:
+        with open(status_file, encoding="utf-8") as f:
+            status = dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
+    except OSError:
+        return "none yet"
+    good = status.get("last_good") or "none yet"
+    if status.get("last_good_id"):
+        good += f" ({status['last_good_id']})"
+    if status.get("last_result") == "failed":
+        good += f"; the last attempt at {status.get('last_attempt', '?')} FAILED"
+    return good
 
 
 def main() -> None:

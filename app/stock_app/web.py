@@ -252,8 +252,10 @@ def check_basic_auth(header: str | None, user: str, password: str) -> bool:
     return ok_user and ok_password
 
 
-def admin_app(store: PriceStore, user: str, password: Callable[[], str]) -> WsgiApp:
-    """Row counts per symbol, behind HTTP basic auth with the generated admin credential.
+def admin_app(store: PriceStore, user: str, password: Callable[[], str],
+              backup_status: Callable[[], str] = lambda: "not configured") -> WsgiApp:
+    """Row counts per symbol and when the last good backup was taken, behind HTTP basic auth with the
+    generated admin credential.
 
     Fails closed: with the password file missing, unreadable or empty, nobody gets in (503).
     """
@@ -281,7 +283,8 @@ def admin_app(store: PriceStore, user: str, password: Callable[[], str]) -> Wsgi
             return _html(start, 503, "Admin", "<p>The database is unavailable; see the admin container's log.</p>")
         rows = "".join(f"<tr><td>{html.escape(s)}</td><td>{n}</td></tr>" for s, n in counts.items())
         return _html(start, 200, "Admin",
-                     f"<p>{sum(counts.values())} price rows</p><table><tr><th>Symbol</th><th>Rows</th></tr>"
-                     f"{rows}</table>")
+                     f"<p>{sum(counts.values())} price rows</p>"
+                     f"<p>Last good backup: {html.escape(backup_status())}</p>"
+                     f"<table><tr><th>Symbol</th><th>Rows</th></tr>{rows}</table>")
 
     return app

@@ -23,7 +23,10 @@ if [ "${1:-}" = "postgres" ]; then
     printf '%s' "$POSTGRES_PASSWORD" > "$pwfile"
     initdb -D "$PGDATA" -U "$POSTGRES_USER" --pwfile="$pwfile" -E UTF8 --locale=C.UTF-8 >/dev/null
     rm -f "$pwfile"
-    echo "host all all all scram-sha-256" >> "$PGDATA/pg_hba.conf"
+    # As the official image: remote logins with the server's default password method (md5 up to 13,
+    # scram-sha-256 from 14).
+    auth=$(postgres -D "$PGDATA" -C password_encryption)
+    echo "host all all all $auth" >> "$PGDATA/pg_hba.conf"
     pg_ctl -D "$PGDATA" -o "-c listen_addresses=''" -w start >/dev/null
     if [ "$POSTGRES_DB" != "postgres" ]; then
       psql -v ON_ERROR_STOP=1 -q -U "$POSTGRES_USER" -d postgres -c "CREATE DATABASE \"$POSTGRES_DB\""

@@ -21,7 +21,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 STANDIN_LABEL = "stock-analyzer.standin"
 # Bump when a recipe changes: a cached stand-in with another version is rebuilt.
-STANDIN_VERSIONS = {"postgres": "3", "python": "2"}
+STANDIN_VERSIONS = {"postgres": "4", "python": "2"}
+# Debian suites by PostgreSQL major: trixie has 17, bookworm 15, bullseye 13 (the legacy major).
+SUITE_OF_MAJOR = {13: "bullseye", 15: "bookworm", 17: "trixie"}
 
 
 def log(msg: str) -> None:
@@ -46,10 +48,10 @@ def _mirror() -> str:
     return m.group(1)
 
 
-def _debootstrap(packages: list[str], root: Path) -> None:
+def _debootstrap(packages: list[str], root: Path, suite: str = "trixie") -> None:
     if not shutil.which("debootstrap"):
         raise RuntimeError("debootstrap is not installed (apt-get install debootstrap)")
-    subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", "trixie", str(root),
+    subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", suite, str(root),
                     _mirror()], check=True, capture_output=True, timeout=900)
 
 
@@ -65,7 +67,9 @@ def _import(root: Path, name: str, changes: list[str], version: str) -> None:
 def _build_postgres(name: str, major: int) -> None:
     with tempfile.TemporaryDirectory(prefix="standin-pg-") as tmp:
         root = Path(tmp) / "root"
-        _debootstrap([f"postgresql-{major}", "passwd", "util-linux"], root)
+        if major not in SUITE_OF_MAJOR:
+            raise RuntimeError(f"no Debian suite with PostgreSQL {major}; stand-ins exist for {sorted(SUITE_OF_MAJOR)}")
+        _debootstrap([f"postgresql-{major}", "passwd", "util-linux"], root, SUITE_OF_MAJOR[major])
         # Official image: postgres is uid/gid 999; secret files are owned by that uid.
         for cmd in (["groupmod", "-g", "999", "postgres"], ["usermod", "-u", "999", "-g", "999", "postgres"]):
             subprocess.run(["chroot", str(root), *cmd], check=True, capture_output=True)
@@ -127,7 +131,7 @@ def ensure_image(name: str) -> str:
                             check=False)
     if pulled.returncode == 0:
         return "pulled"
-    log(f"registry unreachable for {name}: building a LOCAL STAND-IN from Debian trixie packages "
+    log(f"registry unreachable for {name}: building a LOCAL STAND-IN from Debian packages "
         f"(not the official image)")
     repo = _recipe(name)
     if repo == "postgres":

@@ -1,0 +1,214 @@
+"""The Docker engine the deployment uses (DOCKER_HOST, or the local socket), through the Docker SDK for
+Python: short-lived helper containers, volumes, and commands run inside containers."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import tarfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+
+
+class OpsError(Exception):
+    """A refusal or failure the operator must see as one clear line."""
+
+
+class Progress:
+    """Numbered steps with their duration, on stderr: long steps say what they are doing."""
+
+    def __init__(self, total: int, quiet: bool = False) -> None:
+        self.total, self.n, self.quiet = total, 0, quiet
+
+    @contextmanager
+    def step(self, what: str) -> Iterator[None]:
+        self.n += 1
+        started = time.monotonic()
+        self.say(f"[{self.n}/{self.total}] {what} ...")
+        yield
+        self.say(f"[{self.n}/{self.total}] {what}: done in {time.monotonic() - started:.1f} s")
+
+    def say(self, line: str) -> None:
+        if not self.quiet:
+            print(line, file=sys.stderr, flush=True)
+
+
+class Engine:
+    def __init__(self) -> None:
+        try:
+            self.client = docker.from_env(timeout=600)
+            self.client.ping()
+        except docker.errors.DockerException as err:
+            where = os.environ.get("DOCKER_HOST") or "the local socket"
+            raise OpsError(f"cannot reach the Docker engine at {where}: {err}") from None
+
+    # -- volumes -------------------------------------------------------------------------------------
+
+    def volume_exists(self, name: str) -> bool:
+        try:
+            self.client.volumes.get(name)
+            return True
+        except docker.errors.NotFound:
+            return False
+
+    def create_volume(self, name: str, labels: Mapping[str, str]) -> None:
+        self.client.volumes.create(name=name, driver="local", labels=dict(labels))
+
+    def remove_volume(self, name: str) -> None:
+        with suppress(docker.errors.NotFound):
+            self.client.volumes.get(name).remove(force=True)
+
+    def volume_users(self, name: str, running_only: bool = True) -> list[str]:
+        return [str(c.name) for c in self.client.containers.list(all=not running_only, filters={"volume": name})]
+
+    # -- helper containers ---------------------------------------------------------------------------
+
+    def run(self, image: str, command: list[str], mounts: Mapping[str, tuple[str, str]], user: str = "0",
+            caps: tuple[str, ...] = ()) -> str:
+        """Run a short-lived container to completion; its output, or OpsError with its last lines."""
+        container = self.client.containers.create(
+            image, command=command, entrypoint=[], user=user, network_mode="none",
+            volumes={vol: {"bind": path, "mode": mode} for vol, (path, mode) in mounts.items()},
+            cap_drop=["ALL"], cap_add=list(caps) or None, labels={"stock-analyzer.ops": "helper"})
+        try:
+            container.start()
+            code = int(container.wait(timeout=3600)["StatusCode"])
+            out = container.logs(stdout=True, stderr=True).decode(errors="replace")
+        finally:
+            container.remove(force=True)
+        if code != 0:
+            raise OpsError(f"{command[0]} in {image} exited with {code}: {_tail(out)}")
+        return out
+
+    def volume_is_empty(self, image: str, name: str) -> bool:
+        return self.run(image, ["sh", "-c", "ls -A /v | head -n 1"], {name: ("/v", "ro")},
+                        caps=("DAC_READ_SEARCH",)).strip() == ""
+
+    def read_file(self, image: str, volume: str, path: str) -> str | None:
+        # Root without DAC_READ_SEARCH cannot enter a data directory (0700, the server's uid).
+        out = self.run(image, ["sh", "-c", f'[ ! -f "/v/{path}" ] || cat "/v/{path}"'], {volume: ("/v", "ro")},
+                       caps=("DAC_READ_SEARCH",))
+        return out if out else None
+
+    def copy_volume(self, image: str, source: str, target: str) -> None:
+        """cp -a, keeping owners and modes; the source is mounted read-only, so it is never written."""
+        self.run(image, ["sh", "-c", "cp -a /from/. /to/"], {source: ("/from", "ro"), target: ("/to", "rw")},
+                 caps=("CHOWN", "DAC_OVERRIDE", "FOWNER", "DAC_READ_SEARCH"))
+
+    def empty_volume(self, image: str, name: str) -> None:
+        self.run(image, ["sh", "-c", "find /v -mindepth 1 -delete"], {name: ("/v", "rw")},
+                 caps=("DAC_OVERRIDE", "FOWNER", "DAC_READ_SEARCH"))
+
+    def put_file(self, image: str, volume: str, path: str, content: str, uid: int, mode: int) -> None:
+        """Write one file into a volume with owner and mode, without a shell seeing its content."""
+        container = self.client.containers.create(image, command=["true"], entrypoint=[], user="0",
+                                                  network_mode="none", volumes={volume: {"bind": "/v", "mode": "rw"}},
+                                                  labels={"stock-analyzer.ops": "helper"})
+        try:
+            container.put_archive("/v", tar_of({path: (content, uid, mode)}))
+        finally:
+            container.remove(force=True)
+
+    # -- servers -------------------------------------------------------------------------------------
+
+    def start(self, name: str, image: str, *, user: str, env: Mapping[str, str], mounts: Mapping[str, tuple[str, str]],
+              network: str, aliases: list[str], files: Mapping[str, tuple[str, int, int]] | None = None,
+              command: list[str] | None = None) -> Container:
+        self.remove_container(name)
+        container = self.client.containers.create(
+            image, command=command, name=name, user=user, environment=dict(env),
+            volumes={vol: {"bind": path, "mode": mode} for vol, (path, mode) in mounts.items()},
+            labels={"stock-analyzer.ops": "server"}, network=network,
+            networking_config={network: self.client.api.create_endpoint_config(aliases=aliases)},
+            # As the stack's server: the socket directory on a tmpfs the server's uid owns.
+            tmpfs={"/var/run/postgresql": "rw,nosuid,nodev,size=1m,uid=999,gid=999,mode=0775"},
+            stop_signal="SIGINT")
+        if files:
+            container.put_archive("/", tar_of(files))
+        container.start()
+        return container
+
+    def wait_ready(self, container: Container, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            container.reload()
+            if container.status != "running":
+                raise OpsError(f"{container.name} stopped while starting: {_tail(container.logs().decode())}")
+            code, _ = container.exec_run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", "5432"])
+            if code == 0:
+                return
+            time.sleep(0.3)
+        raise OpsError(f"{container.name} not ready within {timeout_s:.0f} s")
+
+    def sh(self, container: Container, script: str, env: Mapping[str, str] | None = None, user: str = "postgres",
+           check: bool = True) -> tuple[int, str]:
+        """bash -c in a running container; env travels with this exec only (not in `docker inspect`)."""
+        code, out = container.exec_run(["bash", "-o", "pipefail", "-c", script], environment=dict(env or {}),
+                                       user=user, demux=False)
+        text = out.decode(errors="replace") if isinstance(out, bytes) else ""
+        status = -1 if code is None else int(code)
+        if check and status != 0:
+            raise OpsError(f"{script.split()[0]} in {container.name} exited with {status}: {_tail(text)}")
+        return status, text
+
+    def stop(self, container: Container, grace_s: int = 60) -> None:
+        container.stop(timeout=grace_s)
+
+    def remove_container(self, name: str) -> None:
+        with suppress(docker.errors.NotFound):
+            self.client.containers.get(name).remove(force=True)
+
+    def network(self, name: str) -> None:
+        self.remove_network(name)
+        self.client.networks.create(name, driver="bridge", internal=True, labels={"stock-analyzer.ops": "network"})
+
+    def remove_network(self, name: str) -> None:
+        for net in self.client.networks.list(names=[name]):
+            if net.name == name:
+                net.remove()
+
+    def stack_containers(self, stack: str) -> list[Container]:
+        return list(self.client.containers.list(all=True, filters={"label": f"stock-analyzer.stack={stack}"}))
+
+    def container(self, name: str) -> Container | None:
+        try:
+            return self.client.containers.get(name)
+        except docker.errors.NotFound:
+            return None
+
+    def has_image(self, image: str) -> bool:
+        try:
+            self.client.images.get(image)
+            return True
+        except docker.errors.ImageNotFound:
+            try:
+                self.client.images.pull(image)
+                return True
+            except docker.errors.DockerException:
+                return False
+
+
+def tar_of(files: Mapping[str, tuple[str, int, int]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path, (content, uid, mode) in files.items():
+            data = content.encode()
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.uid, info.gid, info.mode = len(data), uid, uid, mode
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _tail(text: str, lines: int = 3) -> str:
+    return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:]) or "(no output)"
+
+
+def label_filter(labels: Mapping[str, str]) -> dict[str, Any]:
+    return {"label": [f"{k}={v}" for k, v in labels.items()]}
