@@ -42,9 +42,17 @@ write_status() {  # $1 result (ok|failed), $2 detail
   mv -f "$dir/.status.tmp" "$status"
 }
 
+# The backups' file names, newest first (the name sorts by time).
+dumps() {
+  for f in "$dir/$PGDATABASE"-*.dump; do
+    f=${f##*/}
+    if printf '%s' "$f" | grep -Eq "^${PGDATABASE}-[0-9]{8}T[0-9]{6}Z\.dump$"; then printf '%s\n' "$f"; fi
+  done | sort -r
+}
+
 prune() {
-  # Newest first; everything after the first $keep goes.
-  ls -1 "$dir" | grep -E "^${PGDATABASE}-[0-9]{8}T[0-9]{6}Z\.dump$" | sort -r | tail -n +"$((keep + 1))" |
+  # Everything after the newest $keep goes.
+  dumps | tail -n +"$((keep + 1))" |
     while read -r old; do
       rm -f "$dir/$old"
       log "pruned $old"
@@ -95,7 +103,7 @@ case "${1:-}" in
     backup_now
     ;;
   list)
-    ls -1 "$dir" | grep -E "^${PGDATABASE}-[0-9]{8}T[0-9]{6}Z\.dump$" | sort -r | while read -r f; do
+    dumps | while read -r f; do
       printf '%s\t%s\t%s\n' "${f%.dump}" "$(wc -c < "$dir/$f")" "$(date -u -r "$dir/$f" +%Y-%m-%dT%H:%M:%SZ)"
     done
     [ ! -f "$status" ] || sed 's/^/# /' "$status"

@@ -83,7 +83,7 @@ su_pending="$state/postgres_password.pending"
 
 # --- backup directory ------------------------------------------------------------------------------
 # A new volume's directory is root's: hand it to the backup container's uid (once; not a step of its own).
-if [ -n "${BACKUP_DIR:-}" ] && [ "$(stat -c %u "$BACKUP_DIR")" != "$BACKUP_UID" ]; then
+if [ -n "${BACKUP_DIR:-}" ] && [ "$(stat -c %u "$BACKUP_DIR")" != "${BACKUP_UID:?}" ]; then
   chmod 0711 "$BACKUP_DIR"
   chown "$BACKUP_UID:$BACKUP_UID" "$BACKUP_DIR"
 fi

@@ -29,7 +29,7 @@ from components.settings import (
     StackSettings,
     image_major,
 )
-from components.stack_file import settings_from_file
+from components.stack_file import PROJECT_DIR, settings_from_file
 
 BACKUP_SCRIPT = "/backup/backup.sh"
 _BACKUP_ID = re.compile(r"[a-z_][a-z0-9_]{0,62}-[0-9]{8}T[0-9]{6}Z")
@@ -205,9 +205,12 @@ def main(argv: list[str] | None = None) -> int:
                                        "the old data as the rollback)")
     p.add_argument("--stack", required=True)
     p.add_argument("--to-image", required=True, help="the new postgres image, e.g. postgres:17.6-trixie")
+    for p in sub.choices.values():
+        p.add_argument("--project", type=Path, default=PROJECT_DIR,
+                       help="directory holding Pulumi.STACK.yaml (default: this checkout)")
     args = parser.parse_args(argv)
     try:
-        s = settings_from_file(args.stack)
+        s = settings_from_file(args.stack, args.project)
         engine = Engine()
         command = {"adopt": adopt, "backup": backup, "backups": backups, "restore": restore,
                    "upgrade": upgrade}[args.command]

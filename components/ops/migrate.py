@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import secrets
 import string
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +80,7 @@ def volume_labels(s: StackSettings) -> dict[str, str]:
 
 
 def migrate(engine: Engine, s: StackSettings, source: Source, target_image: str, superuser_password: str,
-            progress: Progress, first_steps: Callable[[], None] | None = None) -> Comparison:
+            progress: Progress) -> Comparison:
     """Fill the stack's (empty) data volume from `source`; returns the comparison. On any failure the
     scratch containers, network and volume are removed and the target data volume is emptied again."""
     names = scratch_names(s)
@@ -108,8 +107,6 @@ def migrate(engine: Engine, s: StackSettings, source: Source, target_image: str,
             if code != 0:
                 reason = "wrong password" if "password authentication failed" in out else out.strip().splitlines()[-1]
                 raise OpsError(f"the source refused user {source.user!r} on database {source.database!r}: {reason}")
-        if first_steps:
-            first_steps()
         target_filled = True
         with progress.step(f"initialise a PostgreSQL {image_major(target_image)} data directory in {data_volume}"):
             if not engine.volume_exists(data_volume):
