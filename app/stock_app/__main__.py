@@ -6,6 +6,8 @@ import argparse
 import json
 import logging
 import os
+import signal
+import sys
 import urllib.request
 from typing import Any
 
@@ -71,6 +73,9 @@ def main() -> None:
     import waitress
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # PID 1 in its container: without a handler the kernel drops SIGTERM, and `docker stop` waits out its
+    # whole grace period before killing the server.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     waitress.serve(build(args.role), host=args.host, port=args.port, **SERVER_LIMITS)
 
 

@@ -16,6 +16,7 @@ import argparse
 import re
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from components.ops.engine import Engine, OpsError, Progress
@@ -57,6 +58,8 @@ def adopt(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
         raise OpsError(f"--from-volume {legacy} is in use by running container(s) {', '.join(busy)}: stop the "
                        "legacy stack first (docker compose stop), so the copy is consistent")
     password = _legacy_password(args.password_file)
+    if not engine.has_image(s.postgres_image):
+        raise OpsError(f"no image {s.postgres_image} (the stack's postgresImage) here or in a registry")
     data = s.volumes[VOL_DATA]
     if engine.volume_exists(data) and not engine.volume_is_empty(s.postgres_image, data):
         raise OpsError(f"the stack's data volume {data} already holds data: adopt fills only an empty one "
@@ -117,8 +120,11 @@ def upgrade(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
                  f"{len(running)} container(s) of stack {s.stack} (downtime starts)")
     started = time.monotonic()
     with progress.step("stop the stack's containers"):
-        for c in running:
-            c.stop(timeout=60)
+        # The app first (it stops writing), then the rest; each with Postgres's own grace period.
+        apps = [c for c in running if c.labels.get("stock-analyzer.service") in {a.service for a in s.apps}]
+        for group in (apps, [c for c in running if c not in apps]):
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                list(pool.map(lambda c: c.stop(timeout=60), group))
     with progress.step(f"keep the PostgreSQL {old_major} data as {rollback} (the rollback)"):
         engine.create_volume(rollback, {**volume_labels(s), "stock-analyzer.rollback-of": data})
         engine.copy_volume(s.postgres_image, data, rollback)

@@ -70,6 +70,17 @@ def test_api_server_refuses_an_oversized_body(stack: Stack, up: float) -> None:
     assert health(stack.names["api"]) == "healthy"
 
 
+def test_app_containers_stop_promptly(stack: Stack, up: float) -> None:
+    """The servers run as PID 1 and handle SIGTERM: `docker stop` does not wait out its grace period."""
+    started = time.monotonic()
+    sh("docker", "stop", "-t", "30", stack.names["frontend"])
+    took = time.monotonic() - started
+    sh("docker", "start", stack.names["frontend"])
+    wait_healthy([stack.names["frontend"]], timeout_s=60)
+    print(f"docker stop of the frontend: {took:.1f} s")
+    assert took < 5
+
+
 def test_rows_survive_down_and_up(stack: Stack, up: float) -> None:
     status, body = http("POST", stack.url("api", "/prices"), ROWS)
     assert status == 201, body

@@ -77,10 +77,12 @@ def test_secret_files_are_private_to_their_reader(applied: Applied) -> None:
         out = sh("docker", "exec", container, "stat", "-c", "%u %g %a", path)
         assert out.stdout.split() == owner, (container, path)
     # The app mounts only the credential volume, read-only: never the job's state or the superuser secret.
+    # The admin UI also reads the backups' status file, read-only.
     for container in ("stock-analyzer-dev-api", "stock-analyzer-dev-admin"):
-        mounts = inspect(container)["Mounts"]
-        assert [(m["Name"], m["Destination"], m["RW"]) for m in mounts] == [
-            ("stock-analyzer-dev_app_credentials", "/run/app-credentials", False)]
+        mounts = sorted((m["Name"], m["Destination"], m["RW"]) for m in inspect(container)["Mounts"])
+        assert mounts == [("stock-analyzer-dev_app_credentials", "/run/app-credentials", False),
+                          *([("stock-analyzer-dev_backups", "/var/lib/backups", False)]
+                            if container.endswith("admin") else [])]
         assert sh("docker", "exec", container, "test", "-e", "/run/secrets/postgres_password",
                   check=False).returncode == 1
     env = inspect("stock-analyzer-dev-api")["Config"]["Env"]
@@ -111,6 +113,19 @@ def test_frontend_cannot_reach_the_database(applied: Applied, recording: Recordi
     assert networks["frontend"] == ["stock-analyzer-dev_frontend"]
     assert networks["postgres"] == networks["admin"] == ["stock-analyzer-dev_backend"]
     assert networks["api"] == ["stock-analyzer-dev_backend", "stock-analyzer-dev_frontend"]
+
+
+def test_scheduled_backup_ran_and_ops_lists_it(applied: Applied, recording: Recording,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """The Pulumi path has the same backup container: its first backup ran at start, `ops` sees it."""
+    from components.ops.__main__ import main as ops
+
+    name = plain(recording.outputs["containers"])["db-backup"]
+    assert inspect(name)["State"]["Health"]["Status"] == "healthy"
+    capsys.readouterr()
+    assert ops(["backups", "--stack", "dev"]) == 0
+    listing = capsys.readouterr().out
+    assert "stock_analysis-20" in listing and "(ok)" in listing
 
 
 # Rotation (issue #4), on the stack applied above: each test moves the deployment one step further.
@@ -191,8 +206,9 @@ def test_superuser_rotation(applied: Applied, deployed: dict[str, Any], dev_sett
         took = time.monotonic() - start
         time.sleep(1)
     print(f"superuser rotation: update {took:.1f} s; {loop.count} requests, {len(loop.failures)} failed")
-    # Issue #8: the server holds only the bootstrap password, so it is neither replaced nor restarted.
-    assert sorted(replaced) == ["credentials-postgres-password", "database-provision"]
+    # Issue #8: the server holds only the bootstrap password, so it is neither replaced nor restarted. The
+    # backup container logs in as the superuser: replaced after the job, with the new password file.
+    assert sorted(replaced) == ["backup-runner", "credentials-postgres-password", "database-provision"]
     assert loop.failures == [] and loop.count >= 20
     assert inspect("stock-analyzer-dev-postgres")["State"]["StartedAt"] == pg_started
     assert len(_rows(after)) == len(ROTATION_ROWS)

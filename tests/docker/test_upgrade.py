@@ -4,6 +4,7 @@ identical rows, the app writing, the 15 data kept for rollback. Its own stack, p
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parents[2]
 STACK = "upgradetest"
 OLD_IMAGE, NEW_IMAGE = "postgres:15", "postgres:17.6-trixie"
-ROWS = [{"symbol": f"U{i % 9}", "day": f"2020-{1 + i % 12:02d}-{1 + i % 28:02d}", "close": f"{i}.5"}
+ROWS = [{"symbol": f"U{i % 9}", "day": (dt.date(2020, 1, 1) + dt.timedelta(days=i)).isoformat(), "close": f"{i}.5"}
         for i in range(300)]
 
 
