@@ -158,7 +158,9 @@ def backup(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
     c = _backup_container(s, engine)
     progress = Progress(1)
     with progress.step(f"pg_dump of {s.db_name}, checked, then kept as a backup"):
-        _, out = engine.sh(c, f"sh {BACKUP_SCRIPT} now", user="")  # type: ignore[arg-type]
+        code, out = engine.sh(c, f"sh {BACKUP_SCRIPT} now", user="", check=False)  # type: ignore[arg-type]
+        if code != 0:
+            raise OpsError(f"backup failed, nothing kept: {out.strip().splitlines()[-1] if out.strip() else code}")
     print(out.strip().splitlines()[-1])
     return 0
 
@@ -185,7 +187,10 @@ def restore(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
         raise OpsError(f"no backup {args.id} in stack {s.stack} (see `backups`)")
     progress = Progress(1)
     with progress.step(f"restore {args.id} into {s.db_name} (one transaction)"):
-        engine.sh(c, f"sh {BACKUP_SCRIPT} restore {args.id}", user="")  # type: ignore[arg-type]
+        code, out = engine.sh(c, f"sh {BACKUP_SCRIPT} restore {args.id}", user="", check=False)  # type: ignore[arg-type]
+        if code != 0:
+            raise OpsError(f"restore failed, the database is unchanged: "
+                           f"{out.strip().splitlines()[-1] if out.strip() else code}")
     print(f"restored {args.id}")
     return 0
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import secrets
 import string
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,24 +119,34 @@ def migrate(engine: Engine, s: StackSettings, source: Source, target_image: str,
                 mounts={data_volume: (PGDATA, "rw")}, network=names["network"], aliases=["target"],
                 files={"/run/ops/superuser": (superuser_password, POSTGRES_UID, 0o400),
                        "/run/ops/inventory.sql": (INVENTORY_SQL, POSTGRES_UID, 0o444)},
-                command=["postgres", "-c", "max_wal_size=2GB"])
+                # Load settings for this one run (the stack starts it with its own): no WAL for data that
+                # is COPYed into tables created in the same transaction (wal_level=minimal, one
+                # transaction), the relation files fsynced at commit; more memory for index builds.
+                command=["postgres", "-c", "wal_level=minimal", "-c", "max_wal_senders=0",
+                         "-c", "maintenance_work_mem=256MB", "-c", "max_wal_size=2GB"])
             engine.wait_ready(tgt)
-        with progress.step(f"copy database {source.database} (pg_dump | pg_restore, PostgreSQL "
-                           f"{image_major(target_image)} tools)"):
-            # Objects end up owned by the stack's superuser (--no-owner) and without the legacy grants
-            # (--no-acl): the provisioning job grants the app's group what it needs.
-            engine.sh(tgt, 'pg_dump -h source -p 5432 -U "$U" -d "$D" -Fc -Z0 '
-                           '| pg_restore -h /var/run/postgresql -U "$SU" -d "$DB" --no-owner --no-acl --exit-on-error',
-                      {"PGPASSWORD": source.password, "U": source.user, "D": source.database,
-                       "SU": s.db_superuser, "DB": s.db_name})
-        with progress.step("compare every table (rows, checksum), sequence, view, function, index"):
-            src_inv = _inventory(engine, tgt, "source", source.user, source.database, source.password)
-            dst_inv = _inventory(engine, tgt, "/var/run/postgresql", s.db_superuser, s.db_name, None)
-            keys = sorted(set(src_inv) | set(dst_inv))
-            comparison = Comparison([(k[0], k[1], src_inv.get(k, "missing"), dst_inv.get(k, "missing")) for k in keys])
-            if comparison.mismatches:
-                raise OpsError(f"the copy differs from the source in {len(comparison.mismatches)} object(s):\n"
-                               + comparison.table())
+        # The source's inventory is computed while the copy runs (the source does not change: it is the
+        # scratch copy, and nothing else connects to it).
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            src_future = pool.submit(_inventory, engine, tgt, "source", source.user, source.database,
+                                     source.password)
+            with progress.step(f"copy database {source.database} (pg_dump | pg_restore, PostgreSQL "
+                               f"{image_major(target_image)} tools; the source's checksums alongside)"):
+                # Objects end up owned by the stack's superuser (--no-owner) and without the legacy grants
+                # (--no-acl): the provisioning job grants the app's group what it needs.
+                engine.sh(tgt, 'pg_dump -h source -p 5432 -U "$U" -d "$D" -Fc -Z0 '
+                               '| pg_restore -h /var/run/postgresql -U "$SU" -d "$DB" --no-owner --no-acl '
+                               '--exit-on-error --single-transaction',
+                          {"PGPASSWORD": source.password, "U": source.user, "D": source.database,
+                           "SU": s.db_superuser, "DB": s.db_name})
+            with progress.step("compare every table (rows, checksum), sequence, view, function, index"):
+                dst_inv = _inventory(engine, tgt, "/var/run/postgresql", s.db_superuser, s.db_name, None)
+                src_inv = src_future.result()
+        keys = sorted(set(src_inv) | set(dst_inv))
+        comparison = Comparison([(k[0], k[1], src_inv.get(k, "missing"), dst_inv.get(k, "missing")) for k in keys])
+        if comparison.mismatches:
+            raise OpsError(f"the copy differs from the source in {len(comparison.mismatches)} object(s):\n"
+                           + comparison.table())
         with progress.step("record the superuser password for the provisioning job; stop cleanly"):
             engine.stop(tgt)
             state = s.volumes[VOL_PROVISION_STATE]

@@ -234,6 +234,32 @@ def test_backups_do_not_block_the_apps_writes(stack: Stack, capsys: pytest.Captu
     assert failures == [] and len(latencies) >= 10 and max(latencies) < 1.0
 
 
+def test_a_failed_backup_never_counts(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    """Fault injection: the database goes away mid-schedule. The attempt fails loudly, leaves no partial
+    file, keeps every earlier backup, and the status (listing, admin UI, health) says so."""
+    _, before, _ = _ops(capsys, "backups", "--stack", "dev")
+    sh("docker", "stop", "-t", "30", stack.names["postgres"])
+    try:
+        code, _, err = _ops(capsys, "backup", "--stack", "dev")
+        assert code == 1 and "pg_dump" in _one_error_line(err)
+        files = sh("docker", "exec", stack.s.backup.container_name, "ls", "-A", "/var/lib/backups").stdout.split()
+        assert not [f for f in files if f.startswith(".partial")]
+        _, after, _ = _ops(capsys, "backups", "--stack", "dev")
+        ids = [line.split()[0] for line in after.splitlines() if line.startswith(stack.s.db_name)]
+        assert ids == [line.split()[0] for line in before.splitlines() if line.startswith(stack.s.db_name)]
+        assert "(failed)" in after
+        auth = base64.b64encode(f"{stack.s.admin_user}:{stack.secret('admin_password')}".encode()).decode()
+        assert sh("docker", "exec", stack.s.backup.container_name, "sh", "/backup/backup.sh", "health",
+                  check=False).returncode == 1
+    finally:
+        sh("docker", "start", stack.names["postgres"])
+        wait_for("postgres healthy", lambda: http("GET", stack.url("api", "/health"))[0] == 200, timeout_s=60)
+    page = http("GET", stack.url("admin", "/"), headers={"Authorization": f"Basic {auth}"})[1].decode()
+    assert "FAILED" in page
+    assert _ops(capsys, "backup", "--stack", "dev")[0] == 0
+    assert "(ok)" in _ops(capsys, "backups", "--stack", "dev")[1]
+
+
 def test_restore_drill_after_losing_the_data_volume(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
     def checksums() -> dict[str, tuple[int, str]]:
         with psycopg.connect(postgres_dsn(stack.s), user=stack.s.db_superuser,
