@@ -2,7 +2,7 @@
 file are held to the same checks. Each rule returns violation messages; an empty list passes.
 
 A container may carry a reviewed exception: the label `stock-analyzer.policy-exception.<policy>` with
-the reason as its value. Exceptions are code: they go through review like any change (README).
+the reason as its value. Exceptions are code: they go through review like any change (docs/reviewing.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The GitHub workflows keep secrets where reviewers can see who gets them (README "Reviewing changes").
+"""The GitHub workflows keep secrets where reviewers can see who gets them (docs/reviewing.md).
 actionlint checks their syntax (tools/scan.sh); these tests check the rules actionlint does not know."""
 
 from __future__ import annotations

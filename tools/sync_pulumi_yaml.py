@@ -1,9 +1,9 @@
-"""Rewrite the `config:` block of Pulumi.yaml and the README's config table from CONFIG_KEYS.
+"""Rewrite the `config:` block of Pulumi.yaml and the config table of docs/configuration.md from CONFIG_KEYS.
 
     python tools/sync_pulumi_yaml.py
 
 components.settings.CONFIG_KEYS is the source of truth; tests/test_components.py fails when
-Pulumi.yaml or the README drifts from it.
+Pulumi.yaml or docs/configuration.md drifts from it.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def main() -> None:
     head = path.read_text().split("\nconfig:\n")[0]
     body = yaml.safe_dump({"config": config_block()}, sort_keys=False, width=120)
     path.write_text(head.rstrip("\n") + "\n" + body)
-    readme = ROOT / "README.md"
+    readme = ROOT / "docs" / "configuration.md"
     text = readme.read_text()
     start = text.index("| key | type | default | description |")
     end = text.index("\n\n", start)

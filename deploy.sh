@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Deploy a stack (default: dev) to the Docker engine in DOCKER_HOST, or the local socket:
+#
+#   ./deploy.sh [STACK]
+#
+# Sets up .venv (the program's dependencies, again only when requirements.txt changes). With the Pulumi
+# CLI: keeps state in the project (.pulumi-state/, a local file backend) and a generated secrets
+# passphrase in .pulumi-passphrase (0600, ignored by git), unless you already chose a backend (logged in,
+# or PULUMI_BACKEND_URL) or a passphrase; selects or creates the stack; `pulumi up`. Without the CLI: the
+# same stack through the compose export (.stack/STACK/), `docker compose up --wait`. Idempotent: a second
+# run changes nothing that is already in place. Prints where state and secrets live.
+set -euo pipefail
+cd "$(dirname "$0")"
+stack="${1:-dev}"
+say() { printf 'deploy: %s\n' "$*"; }
+fail() { printf 'deploy: error: %s\n' "$*" >&2; exit 1; }
+
+[[ "$stack" =~ ^[a-z0-9][a-z0-9-]*$ ]] || fail "stack name '$stack': lower-case letters, digits and -"
+if [ ! -f "Pulumi.$stack.yaml" ]; then
+  known=$(for f in Pulumi.*.yaml; do f=${f#Pulumi.}; printf '%s ' "${f%.yaml}"; done)
+  fail "no Pulumi.$stack.yaml; known stacks: $known"
+fi
+command -v docker >/dev/null || fail "no docker command: install Docker Engine (README: Prerequisites)"
+docker info >/dev/null 2>&1 || fail "no Docker engine answers at ${DOCKER_HOST:-the local socket}: start it (or set DOCKER_HOST)"
+command -v python3 >/dev/null || fail "no python3 (3.11 or later) on PATH"
+
+# --- the program's virtual environment -------------------------------------------------------------
+stamp=.venv/.requirements.sha256
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  say "setting up .venv (requirements.txt)"
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+  echo "$want" > "$stamp"
+fi
+
+if command -v pulumi >/dev/null; then
+  # --- Pulumi: state and secrets in the project unless chosen already ------------------------------
+  if [ -z "${PULUMI_BACKEND_URL:-}" ] && ! pulumi whoami >/dev/null 2>&1; then
+    mkdir -p .pulumi-state
+    export PULUMI_BACKEND_URL="file://$PWD/.pulumi-state"
+  fi
+  if [ -z "${PULUMI_CONFIG_PASSPHRASE:-}" ] && [ -z "${PULUMI_CONFIG_PASSPHRASE_FILE:-}" ]; then
+    if [ ! -s .pulumi-passphrase ]; then
+      (umask 077 && .venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(32))' > .pulumi-passphrase)
+      say "generated the secrets passphrase in .pulumi-passphrase (keep it: it decrypts this stack's secrets)"
+    fi
+    export PULUMI_CONFIG_PASSPHRASE_FILE="$PWD/.pulumi-passphrase"
+  fi
+  say "state: ${PULUMI_BACKEND_URL:-$(pulumi whoami --verbose 2>/dev/null | sed -n 's/^Backend URL: //p')}"
+  say "secrets passphrase: ${PULUMI_CONFIG_PASSPHRASE_FILE:-from PULUMI_CONFIG_PASSPHRASE}"
+  pulumi stack select --create "$stack" --non-interactive
+  pulumi up --yes --stack "$stack" --non-interactive
+  say "done: pulumi stack output --stack $stack (URLs); passwords: pulumi stack output --stack $stack --show-secrets admin_password"
+else
+  # --- no Pulumi CLI: the same stack through the compose export ------------------------------------
+  say "no Pulumi CLI on PATH: bringing $stack up through the compose export instead (README: Prerequisites)"
+  out=".stack/$stack"
+  mkdir -p -m 0700 .stack
+  .venv/bin/python -m components.compose --stack "$stack" --out "$out"
+  docker compose -f "$out/compose.yaml" up -d --build --wait --wait-timeout 300
+  say "state: the Docker engine (containers and volumes named stock-analyzer-$stack-*)"
+  say "secrets: $out/secrets/ (0700; generated once, never printed)"
+  say "done: docker compose -f $out/compose.yaml ps"
+fi
