@@ -187,6 +187,10 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("environment", "string", "Environment profile: dev or prod (prod enforces hardening rules).", None),
     ConfigKey("postgresImage", "string", "Pinned Postgres image (major 14-17).", "postgres:17.6-trixie"),
     ConfigKey("pythonBaseImage", "string", "Pinned Python base image for the app build.", "python:3.13.7-slim-trixie"),
+    ConfigKey("pipIndexUrl", "string", "Python package index for the app image build (a nearer mirror), e.g. "
+              "https://pypi.example.internal/simple; empty: the default index.", ""),
+    ConfigKey("pipTrustedHost", "string", "Host (host or host:port) pip may reach over plain HTTP or without "
+              "certificate checks, for pipIndexUrl; empty: none.", ""),
     ConfigKey("appImageName", "string", "Repository of the locally built app image; the tag is the stack name.",
               "stock-analyzer-app"),
     ConfigKey("dbName", "string", "Database name.", "stock_analysis"),
@@ -240,6 +244,8 @@ _REPO = re.compile(rf"{_DOMAIN}?{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*")
 _MEMORY = re.compile(r"(?P<num>[0-9]+)(?P<unit>|b|k|kb|ki|kib|m|mb|mi|mib|g|gb|gi|gib)", re.IGNORECASE)
 _LOG_SIZE = re.compile(r"[1-9][0-9]*[kmg]")
 _INTEGER = re.compile(r"[0-9]{1,9}")
+_HOST_PORT = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(?::[0-9]{1,5})?")
+_INDEX_URL = re.compile(rf"https?://{_HOST_PORT.pattern}(?:/[A-Za-z0-9._~%/+-]*)?")
 _UNIT_BYTES = {"": 1, "b": 1, "k": 1024, "kb": 1024, "ki": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2,
                "mi": 1024**2, "mib": 1024**2, "g": 1024**3, "gb": 1024**3, "gi": 1024**3, "gib": 1024**3}
 
@@ -529,6 +535,12 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         seen[b.host_port] = svc
 
     prefix = f"{project}-{stack}"
+    # Without credentials in them: these land in build arguments, which the build's history shows.
+    pip_index = r.parsed("pipIndexUrl", lambda v: v if v == "" or _INDEX_URL.fullmatch(v) else _raise(),
+                         "an http(s) URL of a simple index without user:password, e.g. "
+                         "https://pypi.example.internal/simple, or empty")
+    pip_trusted = r.parsed("pipTrustedHost", lambda v: v if v == "" or _HOST_PORT.fullmatch(v) else _raise(),
+                           "a host name or address with an optional :port, or empty")
     python_base_image = r.image("pythonBaseImage")
     postgres_image = r.image("postgresImage", postgres=True)
     postgres_major = image_major(postgres_image)
@@ -669,7 +681,9 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         postgres_image=postgres_image,
         python_base_image=python_base_image,
         app_image=f"{app_repo}:{stack}",
-        app_build_args=(("APP_UID", str(APP_UID)), ("BASE_IMAGE", python_base_image)),
+        app_build_args=(("APP_UID", str(APP_UID)), ("BASE_IMAGE", python_base_image),
+                        *((("PIP_INDEX_URL", pip_index),) if pip_index else ()),
+                        *((("PIP_TRUSTED_HOST", pip_trusted),) if pip_trusted else ())),
         db_name=db_name,
         db_superuser=superuser,
         db_app_user=app_user,

@@ -35,6 +35,10 @@ CASES = [
     ("dev", {"adminMemory": "1k"}, "adminMemory", "1k", "at least 6Mi"),
     ("dev", {"environment": "staging"}, "environment", "staging", "one of dev, prod"),
     ("dev", {"postgresHostIp": "0.0.0.0"}, "postgresHostIp", "0.0.0.0", "loopback"),
+    ("dev", {"pipIndexUrl": "http://user:pw@mirror/simple"}, "pipIndexUrl", "http://user:pw@mirror/simple",
+     "without user:password"),
+    ("dev", {"pipIndexUrl": "mirror.example/simple"}, "pipIndexUrl", "mirror.example/simple", "http(s) URL"),
+    ("dev", {"pipTrustedHost": "http://mirror"}, "pipTrustedHost", "http://mirror", "host name"),
     ("prod", {"adminHostIp": "0.0.0.0"}, "adminHostIp", "0.0.0.0", "loopback address such as 127.0.0.1 in prod"),
     ("prod", {"adminHostIp": "192.168.1.10"}, "adminHostIp", "192.168.1.10", "SSH tunnel"),
     ("prod", {"adminHostIp": "::"}, "adminHostIp", "::", "loopback"),
@@ -230,3 +234,12 @@ def test_ops_refuses_an_unknown_stack_in_one_line(capsys: pytest.CaptureFixture[
     assert main(["backups", "--stack", "staging"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: unknown stack 'staging'") and err.count("\n") == 1
+
+
+def test_package_index_reaches_the_build_and_only_when_set() -> None:
+    rec = run_program("dev", _with("dev", pipIndexUrl="https://pypi.example.internal/simple",
+                                   pipTrustedHost="pypi.example.internal"))
+    args = rec.named("app-image").inputs["build"]["args"]
+    assert args["PIP_INDEX_URL"] == "https://pypi.example.internal/simple"
+    assert args["PIP_TRUSTED_HOST"] == "pypi.example.internal"
+    assert "PIP_INDEX_URL" not in run_program("dev").named("app-image").inputs["build"]["args"]

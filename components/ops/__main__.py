@@ -5,6 +5,7 @@
     python -m components.ops backups --stack STACK
     python -m components.ops restore --stack STACK ID
     python -m components.ops upgrade --stack STACK --to-image IMAGE
+    python -m components.ops doctor  --stack STACK
 
 Talks to the engine in DOCKER_HOST (or the local socket). Every refusal is one `error:` line and exit 1,
 with nothing changed. Runbooks: docs/operations.md.
@@ -19,6 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from components.ops.doctor import MIN_FREE_GB, WARN_FREE_GB, Doctor, report
 from components.ops.engine import Engine, OpsError, Progress
 from components.ops.migrate import SUPERUSER_RECORD, Source, data_major, generate_password, migrate, volume_labels
 from components.settings import (
@@ -216,12 +218,23 @@ def main(argv: list[str] | None = None) -> int:
                                        "the old data as the rollback)")
     p.add_argument("--stack", required=True)
     p.add_argument("--to-image", required=True, help="the new postgres image, e.g. postgres:17.6-trixie")
+    p = sub.add_parser("doctor", help="check the engine, disk, images, containers, ports, networks and the "
+                                      "database login; one line per check with the fix; exit 1 on a failure")
+    p.add_argument("--stack", required=True)
+    p.add_argument("--min-free-gb", type=float, default=MIN_FREE_GB,
+                   help=f"fail below this much free disk on the engine (default {MIN_FREE_GB:g})")
     for p in sub.choices.values():
         p.add_argument("--project", type=Path, default=PROJECT_DIR,
                        help="directory holding Pulumi.STACK.yaml (default: this checkout)")
     args = parser.parse_args(argv)
     try:
         s = settings_from_file(args.stack, args.project)
+        if args.command == "doctor":
+            text, code = report(Doctor(s, min_free_gb=args.min_free_gb,
+                                       warn_free_gb=max(WARN_FREE_GB, args.min_free_gb),
+                                       project_dir=args.project).run())
+            print(text)
+            return code
         engine = Engine()
         command = {"adopt": adopt, "backup": backup, "backups": backups, "restore": restore,
                    "upgrade": upgrade}[args.command]
