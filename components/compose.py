@@ -51,7 +51,7 @@ def _healthcheck(hc: Healthcheck) -> dict[str, Any]:
         "timeout": _duration(hc.timeout_s),
         "retries": hc.retries,
         "start_period": _duration(hc.start_period_s),
-        "start_interval": _duration(hc.start_interval_s),
+        "start_interval": f"{hc.start_interval_ms}ms",
     }
 
 

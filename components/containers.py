@@ -89,7 +89,7 @@ def container_args(
             timeout=_seconds(hc.timeout_s),
             retries=hc.retries,
             start_period=_seconds(hc.start_period_s),
-            start_interval=_seconds(hc.start_interval_s),
+            start_interval=f"{hc.start_interval_ms}ms",
         ) if hc else None,
         # Long-running services: `pulumi up` returns only once each is healthy. One-shot jobs: `pulumi up`
         # attaches and waits for the exit instead.

@@ -139,7 +139,7 @@ def test_healthchecks_and_wait(rec: Recording) -> None:
         hc = c["healthcheck"]
         assert hc["tests"][0] == "CMD"
         assert c["wait"] is True and c["waitTimeout"] > 0
-        assert hc["startInterval"] == "1s"
+        assert hc["startInterval"] == "200ms"
         assert int(hc["interval"].rstrip("s")) < 30, "legacy 30 s interval delayed first healthy by 30 s"
         assert c["restart"] in ("always", "unless-stopped")
         assert c["mustRun"] is True
