@@ -35,8 +35,8 @@ CASES = [
     ("dev", {"adminMemory": "1k"}, "adminMemory", "1k", "at least 6Mi"),
     ("dev", {"environment": "staging"}, "environment", "staging", "one of dev, prod"),
     ("dev", {"postgresHostIp": "0.0.0.0"}, "postgresHostIp", "0.0.0.0", "loopback"),
-    ("dev", {"pipIndexUrl": "http://user:pw@mirror/simple"}, "pipIndexUrl", "http://user:pw@mirror/simple",
-     "without user:password"),
+    ("dev", {"pipIndexUrl": "http://user:pw@mirror/simple"},  # pragma: allowlist secret (a refused example)
+     "pipIndexUrl", "http://user:pw@mirror/simple", "without user:password"),  # pragma: allowlist secret
     ("dev", {"pipIndexUrl": "mirror.example/simple"}, "pipIndexUrl", "mirror.example/simple", "http(s) URL"),
     ("dev", {"pipTrustedHost": "http://mirror"}, "pipTrustedHost", "http://mirror", "host name"),
     ("prod", {"adminHostIp": "0.0.0.0"}, "adminHostIp", "0.0.0.0", "loopback address such as 127.0.0.1 in prod"),
