@@ -253,9 +253,11 @@ def export(stack: str, out: Path, project_dir: Path = PROJECT_DIR, ca_bundle: Pa
     if ca_bundle is not None and not ca_bundle.is_file():
         raise ExportError(f"--ca-bundle {ca_bundle}: not a file")
     text = compose_text(settings, project_dir / "app", ca_bundle)
-    out.mkdir(parents=True, exist_ok=True)
+    # Explicit modes: with a umask of 002 (common for users) the defaults would be group-writable, which
+    # the checks below refuse.
+    out.mkdir(parents=True, exist_ok=True, mode=0o755)
     secret_dir.mkdir(mode=0o700, exist_ok=True)
-    (out / CONFIGS_SUBDIR).mkdir(exist_ok=True)
+    (out / CONFIGS_SUBDIR).mkdir(exist_ok=True, mode=0o755)
     # Again after creating: a directory that appeared between the checks and mkdir (someone else's) is refused.
     _check_out_dir(out)
     _check_secret_dir(secret_dir)

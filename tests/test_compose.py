@@ -312,3 +312,14 @@ def test_export_tools_do_not_need_pulumi() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.stdout.strip() == "[]"
+
+
+def test_export_works_under_a_group_writable_umask(tmp_path: Path) -> None:
+    """Many users have umask 002: what the export creates itself must still pass its own checks."""
+    old = os.umask(0o002)
+    try:
+        assert compose.main(["--stack", "dev", "--out", str(tmp_path / "new" / "deploy")]) == 0
+        assert compose.main(["--stack", "dev", "--out", str(tmp_path / "new" / "deploy")]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "new" / "deploy").stat().st_mode) & 0o022 == 0

@@ -180,7 +180,9 @@ class Doctor:
                     yield Finding(OK, check, f"published by {spec.service}")
                     continue
                 others = [o.name for o in self.engine.client.containers.list(filters={"publish": str(p.host_port)})]
-                holder = f"container {others[0]}" if others else port_holder(p.host_port)
+                # Local processes only tell for a local engine (this machine's /proc).
+                local = os.environ.get("DOCKER_HOST", "unix://").startswith("unix://")
+                holder = f"container {others[0]}" if others else port_holder(p.host_port) if local else None
                 if holder:
                     yield Finding(FAIL, check, f"taken by {holder}; {spec.service} cannot start",
                                   f"stop {holder}, or set {spec.service}HostPort to a free port")
