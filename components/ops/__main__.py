@@ -24,7 +24,6 @@ from components.ops.doctor import MIN_FREE_GB, WARN_FREE_GB, Doctor, report
 from components.ops.engine import Engine, OpsError, Progress
 from components.ops.migrate import SUPERUSER_RECORD, Source, data_major, generate_password, migrate, volume_labels
 from components.settings import (
-    PGDATA,
     SUPPORTED_POSTGRES_MAJORS,
     VOL_DATA,
     VOL_PROVISION_STATE,
@@ -246,8 +245,6 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(rest), file=sys.stderr)
         return 1
 
-
-__all__ = ["PGDATA", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,7 +10,6 @@ import tarfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
-from typing import Any
 
 import docker
 import docker.errors
@@ -209,6 +208,3 @@ def tar_of(files: Mapping[str, tuple[str, int, int]]) -> bytes:
 def _tail(text: str, lines: int = 3) -> str:
     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:]) or "(no output)"
 
-
-def label_filter(labels: Mapping[str, str]) -> dict[str, Any]:
-    return {"label": [f"{k}={v}" for k, v in labels.items()]}
