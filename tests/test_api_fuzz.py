@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import pytest
-import waitress.server
 import yaml
-from stock_app.__main__ import SERVER_LIMITS
 from stock_app.web import api_app
 
 from tests.api_fuzz import OPENAPI, fuzz
+from tests.raw_http import served
 from tests.test_app import FakeStore
 
 
 @pytest.fixture
 def api() -> Iterator[str]:
-    srv = waitress.server.create_server(api_app(FakeStore()), host="127.0.0.1", port=0, **SERVER_LIMITS)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    try:
-        port = srv.effective_port  # type: ignore[union-attr]
+    with served(api_app(FakeStore())) as port:
         yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.close()
-        thread.join(timeout=5)
 
 
 def test_api_matches_its_document_and_never_fails_with_5xx(api: str) -> None:

@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import waitress.server
 from stock_app.__main__ import SERVER_LIMITS
 from stock_app.config import MissingSetting, read_secret
 from stock_app.store import Price, StoreUnavailable
 from stock_app.web import MAX_BODY, WsgiApp, admin_app, api_app, frontend_app
 
-from tests.raw_http import chunks, exchange
+from tests.raw_http import chunks, exchange, served
 from tests.test_app import FakeStore, _basic, call
 
 DB_DETAIL = ('connection to server at "10.20.30.40", port 5432 failed: FATAL:  password authentication '
@@ -158,29 +156,23 @@ def test_secret_files_must_hold_a_usable_value(tmp_path: Path, content: str) -> 
 
 # -- limits and timeouts in the server itself --------------------------------------------------------
 
-@pytest.fixture
-def server() -> Iterator[tuple[int, list[str]]]:
-    """The real server (waitress) with the deployment's limits, in a thread; records what the app saw."""
-    seen: list[str] = []
+def recording_api(seen: list[str]) -> WsgiApp:
+    """The API, noting every path that reached the app (the server's limits act before it)."""
     inner = api_app(FakeStore())
 
     def app(environ: dict[str, Any], start: Any) -> Any:
         seen.append(environ.get("PATH_INFO", ""))
         return inner(environ, start)
 
-    yield from _serve(app, seen, {})
+    return app
 
 
-def _serve(app: WsgiApp, seen: list[str], overrides: dict[str, Any]) -> Iterator[tuple[int, list[str]]]:
-    srv = waitress.server.create_server(app, host="127.0.0.1", port=0, **{**SERVER_LIMITS, **overrides})
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    try:
-        port: int = srv.effective_port  # type: ignore[union-attr]
+@pytest.fixture
+def server() -> Iterator[tuple[int, list[str]]]:
+    """The real server (waitress) with the deployment's limits, in a thread; records what the app saw."""
+    seen: list[str] = []
+    with served(recording_api(seen)) as port:
         yield port, seen
-    finally:
-        srv.close()
-        thread.join(timeout=5)
 
 
 def test_server_refuses_a_large_body_before_the_app(server: tuple[int, list[str]]) -> None:
@@ -214,14 +206,9 @@ def test_server_closes_idle_and_half_sent_requests() -> None:
     """The deployment's timeout is SERVER_LIMITS["channel_timeout"]; here shortened to keep the suite fast."""
     assert SERVER_LIMITS["channel_timeout"] <= 30
     seen: list[str] = []
-    gen = _serve(api_app(FakeStore()), seen, {"channel_timeout": 1, "cleanup_interval": 1})
-    assert isinstance(gen, Generator)
-    port, _ = next(gen)
-    try:
+    with served(recording_api(seen), channel_timeout=1, cleanup_interval=1) as port:
         started = time.monotonic()
         answer = exchange(port, b"POST /prices HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{",
                            iter(()), timeout_s=10)
         assert time.monotonic() - started < 5, "a half-sent request held its connection open"
         assert seen == [] and not answer.startswith(b"HTTP/1.1 2")
-    finally:
-        gen.close()

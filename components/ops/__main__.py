@@ -20,6 +20,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from docker.models.containers import Container
+
 from components.ops.doctor import MIN_FREE_GB, WARN_FREE_GB, Doctor, report
 from components.ops.engine import Engine, OpsError, Progress
 from components.ops.migrate import SUPERUSER_RECORD, Source, data_major, generate_password, migrate, volume_labels
@@ -147,7 +149,7 @@ def upgrade(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
     return 0
 
 
-def _backup_container(s: StackSettings, engine: Engine) -> object:
+def _backup_container(s: StackSettings, engine: Engine) -> Container:
     c = engine.container(s.backup.container_name)
     if c is None or c.status != "running":
         raise OpsError(f"{s.backup.container_name} is not running: start the stack first (`pulumi up` or "
@@ -159,7 +161,7 @@ def backup(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
     c = _backup_container(s, engine)
     progress = Progress(1)
     with progress.step(f"pg_dump of {s.db_name}, checked, then kept as a backup"):
-        code, out = engine.sh(c, f"sh {BACKUP_SCRIPT} now", user="", check=False)  # type: ignore[arg-type]
+        code, out = engine.sh(c, f"sh {BACKUP_SCRIPT} now", user="", check=False)
         if code != 0:
             raise OpsError(f"backup failed, nothing kept: {out.strip().splitlines()[-1] if out.strip() else code}")
     print(out.strip().splitlines()[-1])
@@ -168,7 +170,7 @@ def backup(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
 
 def backups(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
     c = _backup_container(s, engine)
-    _, out = engine.sh(c, f"sh {BACKUP_SCRIPT} list", user="")  # type: ignore[arg-type]
+    _, out = engine.sh(c, f"sh {BACKUP_SCRIPT} list", user="")
     rows = [line.split("\t") for line in out.splitlines() if line and not line.startswith("#")]
     status = dict(line[2:].split("=", 1) for line in out.splitlines() if line.startswith("# ") and "=" in line)
     print(f"{'ID':<40} {'bytes':>12}  taken (UTC)")
@@ -183,12 +185,12 @@ def restore(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
     if not _BACKUP_ID.fullmatch(args.id) or not args.id.startswith(f"{s.db_name}-"):
         raise OpsError(f"backup ID {args.id!r}: expected {s.db_name}-YYYYmmddTHHMMSSZ (see `backups`)")
     c = _backup_container(s, engine)
-    _, out = engine.sh(c, f"sh {BACKUP_SCRIPT} list", user="")  # type: ignore[arg-type]
+    _, out = engine.sh(c, f"sh {BACKUP_SCRIPT} list", user="")
     if args.id not in {line.split("\t")[0] for line in out.splitlines()}:
         raise OpsError(f"no backup {args.id} in stack {s.stack} (see `backups`)")
     progress = Progress(1)
     with progress.step(f"restore {args.id} into {s.db_name} (one transaction)"):
-        code, out = engine.sh(c, f"sh {BACKUP_SCRIPT} restore {args.id}", user="", check=False)  # type: ignore[arg-type]
+        code, out = engine.sh(c, f"sh {BACKUP_SCRIPT} restore {args.id}", user="", check=False)
         if code != 0:
             raise OpsError(f"restore failed, the database is unchanged: "
                            f"{out.strip().splitlines()[-1] if out.strip() else code}")

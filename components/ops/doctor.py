@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import docker.errors
+from docker.models.containers import Container
 
 from components.ops.engine import Engine, OpsError
 from components.settings import APP_CREDENTIALS_FILE, ContainerSpec, StackSettings
@@ -138,7 +139,7 @@ class Doctor:
             except docker.errors.ImageNotFound:
                 yield Finding(WARN if image == self.s.app_image else FAIL, f"image {image}", "not on the engine", fix)
 
-    def _container(self, spec: ContainerSpec) -> object | None:
+    def _container(self, spec: ContainerSpec) -> Container | None:
         return self.engine.container(spec.container_name)
 
     def _containers(self) -> Iterator[Finding]:
@@ -148,7 +149,7 @@ class Doctor:
             if c is None:
                 yield Finding(FAIL, check, f"{spec.container_name} does not exist", "deploy the stack (./deploy.sh)")
                 continue
-            state = c.attrs["State"]  # type: ignore[attr-defined]
+            state = c.attrs["State"]
             if spec.role == "job":
                 code = state.get("ExitCode")
                 if state.get("Status") == "exited" and code != 0:
@@ -164,7 +165,7 @@ class Doctor:
                               f"docker start {spec.container_name}, then read docker logs {spec.container_name}")
             else:
                 health = (state.get("Health") or {}).get("Status", "no healthcheck")
-                restarts = c.attrs.get("RestartCount", 0)  # type: ignore[attr-defined]
+                restarts = c.attrs.get("RestartCount", 0)
                 status = (OK if health == "healthy" and not restarts
                           else WARN if health in ("healthy", "starting") else FAIL)
                 yield Finding(status, check, f"running, {health}" + (f", {restarts} restarts" if restarts else ""),
@@ -173,7 +174,7 @@ class Doctor:
     def _ports(self) -> Iterator[Finding]:
         for spec in self.s.containers:
             c = self._container(spec)
-            running = c is not None and c.attrs["State"].get("Status") == "running"  # type: ignore[attr-defined]
+            running = c is not None and c.attrs["State"].get("Status") == "running"
             for p in spec.ports:
                 check = f"port {p.host_ip}:{p.host_port}"
                 if running:
@@ -194,7 +195,7 @@ class Doctor:
             c = self._container(spec)
             if c is None or spec.role == "job":
                 continue
-            attached = set(c.attrs["NetworkSettings"]["Networks"])  # type: ignore[attr-defined]
+            attached = set(c.attrs["NetworkSettings"]["Networks"])
             expected = {self.s.networks[n] for n in spec.networks}
             missing = expected - attached
             if missing:
@@ -208,7 +209,7 @@ class Doctor:
         c = self.engine.container(container)
         if c is None or c.status != "running":
             return "skip"
-        code, out = c.exec_run(["python", "-c", _CONNECT_PROBE, host, str(port)])
+        code, out = c.exec_run(["python", "-c", CONNECT_PROBE, host, str(port)])
         return out.decode().strip() if code == 0 and isinstance(out, bytes) else "skip"
 
     def _reachability(self) -> Iterator[Finding]:
@@ -252,7 +253,8 @@ class Doctor:
                           "check the credential file and the provisioning job's log")
 
 
-_CONNECT_PROBE = """
+# Run with the container's own Python: prints ok, no-name, or refused and the error.
+CONNECT_PROBE = """
 import socket, sys
 try:
     socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()

@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from docker.models.containers import Container
+
 from components.ops.engine import Engine, OpsError, Progress
 from components.settings import (
     PGDATA,
@@ -171,10 +173,10 @@ def image_major_or(image: str) -> str:
         return image
 
 
-def _inventory(engine: Engine, container: object, host: str, user: str, db: str,
+def _inventory(engine: Engine, container: Container, host: str, user: str, db: str,
                password: str | None) -> dict[tuple[str, str], str]:
     env = {"H": host, "U": user, "D": db, **({"PGPASSWORD": password} if password else {})}
-    _, out = engine.sh(container,  # type: ignore[arg-type]
+    _, out = engine.sh(container,
                        'psql -X -q -A -t -F "|" -v ON_ERROR_STOP=1 -h "$H" -p ' + str(POSTGRES_PORT)
                        + ' -U "$U" -d "$D" -f /run/ops/inventory.sql', env)
     result = {}

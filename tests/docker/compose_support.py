@@ -57,3 +57,10 @@ def exported_stack(out: Path, s: StackSettings) -> Iterator[Stack]:
         yield st
     finally:
         sh("docker", "compose", "-f", st.file, "down", "--volumes", "--timeout", "20", check=False, timeout=180)
+
+
+def running_stack(out: Path, s: StackSettings) -> Iterator[Stack]:
+    """`exported_stack`, already up and healthy (for modules that only need a running stack)."""
+    for st in exported_stack(out, s):
+        st.up()
+        yield st

@@ -12,7 +12,7 @@ import pytest
 
 from components.ops.__main__ import main as ops
 from components.settings import StackSettings
-from tests.docker.compose_support import Stack, exported_stack, open_credentials
+from tests.docker.compose_support import Stack, open_credentials, running_stack
 from tests.docker.support import postgres_dsn, sh, wait_healthy
 
 pytestmark = pytest.mark.docker
@@ -21,9 +21,7 @@ pytestmark = pytest.mark.docker
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, base_images: dict[str, str],
           dev_settings: StackSettings) -> Iterator[Stack]:
-    for st in exported_stack(tmp_path_factory.mktemp("compose-doctor"), dev_settings):
-        st.up()
-        yield st
+    yield from running_stack(tmp_path_factory.mktemp("compose-doctor"), dev_settings)
 
 
 def doctor(capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, list[str]]:

@@ -14,7 +14,7 @@ import pytest
 
 from components import compose
 from components.settings import PROVISION_SOURCE, StackSettings
-from tests.docker.compose_support import Stack, exported_stack, open_credentials
+from tests.docker.compose_support import Stack, open_credentials, running_stack
 from tests.docker.support import RequestLoop, postgres_dsn, sh
 
 pytestmark = pytest.mark.docker
@@ -24,9 +24,7 @@ STEPS = re.findall(r"^\s*step_done (\w+)$", (PROVISION_SOURCE / "provision.sh").
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, base_images: dict[str, str],
           dev_settings: StackSettings) -> Iterator[Stack]:
-    for st in exported_stack(tmp_path_factory.mktemp("compose-safety"), dev_settings):
-        st.up()
-        yield st
+    yield from running_stack(tmp_path_factory.mktemp("compose-safety"), dev_settings)
 
 
 def run_job(stack: Stack, *env: str, entrypoint: tuple[str, ...] = ()) -> tuple[int, str]:
