@@ -12,6 +12,8 @@ from components.database import Database, DatabaseArgs
 from components.network import Network, NetworkArgs
 from components.settings import SECRET_ADMIN, SECRET_APP_DB, SECRET_POSTGRES, SECRETS
 from components.stack_config import read_stack_config
+from components.swarm import SwarmFiles, SwarmFilesArgs, SwarmServices, SwarmServicesArgs
+from components.swarm_model import PROXY_SERVICE, swarm_model
 
 stack = pulumi.get_stack()
 # Fails with one message naming key, value and what is allowed, before any resource is registered.
@@ -19,42 +21,88 @@ settings, provided_passwords = read_stack_config(stack)
 
 credentials = Credentials("credentials", CredentialsArgs(
     secrets=SECRETS, provided=provided_passwords, versions=settings.secret_versions))
-network = Network("network", NetworkArgs(names=settings.networks, stack=stack))
-database = Database("database", DatabaseArgs(
-    settings=settings, network_names=network.names, passwords=credentials.passwords))
-app = App("app", AppArgs(
-    settings=settings,
-    context="app",
-    network_names=network.names,
-    passwords=credentials.passwords,
-    volume_names=database.volume_names,
-    depends_on=[database.server, database.provision],
-    provisioned=database.provisioned,
-))
 
-backup = Backup("backup", BackupArgs(
-    settings=settings,
-    image=database.image_id,
-    network_names=network.names,
-    passwords=credentials.passwords,
-    volume_names=database.volume_names,
-    depends_on=[database.server, database.provision],
-))
 
-urls = {spec.service: f"http://{spec.ports[0].host_ip}:{spec.ports[0].host_port}" for spec in settings.apps}
-pulumi.export("environment", settings.environment)
-pulumi.export("api_url", urls["api"])
-pulumi.export("frontend_url", urls["frontend"])
-pulumi.export("admin_url", urls["admin"])
-pulumi.export("admin_user", settings.admin_user)
-pulumi.export("networks", network.names)
-pulumi.export("data_volume", database.volume_name)
-pulumi.export("app_image", app.image_ref)
-pulumi.export("containers", {"postgres": database.container_name, **app.container_names,
-                              "db-backup": backup.container_name})
-# The same deployment as a compose file (no secret values in it): `pulumi stack output compose`.
-pulumi.export("compose", compose_text(settings))
-# Secrets: revealed only on purpose, with `pulumi stack output --show-secrets NAME`.
-pulumi.export("postgres_password", credentials.passwords[SECRET_POSTGRES.name])
-pulumi.export("app_db_password", credentials.passwords[SECRET_APP_DB.name])
-pulumi.export("admin_password", credentials.passwords[SECRET_ADMIN.name])
+def single_host() -> None:
+    """One Docker engine: containers, bridge networks, volumes, the image built locally."""
+    network = Network("network", NetworkArgs(names=settings.networks, stack=stack))
+    database = Database("database", DatabaseArgs(
+        settings=settings, network_names=network.names, passwords=credentials.passwords))
+    app = App("app", AppArgs(
+        settings=settings,
+        context="app",
+        network_names=network.names,
+        passwords=credentials.passwords,
+        volume_names=database.volume_names,
+        depends_on=[database.server, database.provision],
+        provisioned=database.provisioned,
+    ))
+
+    backup = Backup("backup", BackupArgs(
+        settings=settings,
+        image=database.image_id,
+        network_names=network.names,
+        passwords=credentials.passwords,
+        volume_names=database.volume_names,
+        depends_on=[database.server, database.provision],
+    ))
+
+    urls = {spec.service: f"http://{spec.ports[0].host_ip}:{spec.ports[0].host_port}" for spec in settings.apps}
+    pulumi.export("environment", settings.environment)
+    pulumi.export("api_url", urls["api"])
+    pulumi.export("frontend_url", urls["frontend"])
+    pulumi.export("admin_url", urls["admin"])
+    pulumi.export("admin_user", settings.admin_user)
+    pulumi.export("networks", network.names)
+    pulumi.export("data_volume", database.volume_name)
+    pulumi.export("app_image", app.image_ref)
+    pulumi.export("containers", {"postgres": database.container_name, **app.container_names,
+                                  "db-backup": backup.container_name})
+    # The same deployment as a compose file (no secret values in it): `pulumi stack output compose`.
+    pulumi.export("compose", compose_text(settings))
+    # Secrets: revealed only on purpose, with `pulumi stack output --show-secrets NAME`.
+    pulumi.export("postgres_password", credentials.passwords[SECRET_POSTGRES.name])
+    pulumi.export("app_db_password", credentials.passwords[SECRET_APP_DB.name])
+    pulumi.export("admin_password", credentials.passwords[SECRET_ADMIN.name])
+
+
+def swarm() -> None:
+    """A Swarm cluster (DOCKER_HOST is a manager): services from the swarm model, in order (docs/swarm.md)."""
+    model = swarm_model(settings)
+    sw = settings.swarm
+    assert sw is not None
+    network = Network("network", NetworkArgs(names=settings.networks, stack=stack, driver="overlay",
+                                              options={"encrypted": ""} if sw.encrypted else {}))
+    files = SwarmFiles("files", SwarmFilesArgs(model=model, settings=settings, passwords=credentials.passwords))
+    pinned = [svc for svc in model.services if svc.name in ("postgres", "db-provision")]
+    database = SwarmServices("database", SwarmServicesArgs(
+        model=model, settings=settings, files=files, network_ids=network.ids, services=pinned, chain=True))
+    apps = SwarmServices("app", SwarmServicesArgs(
+        model=model, settings=settings, files=files, network_ids=network.ids,
+        services=[svc for svc in model.services if svc.name in {a.service for a in settings.apps}
+                  or svc.name == settings.backup.service],
+        depends_on=list(database.services.values())))
+    retire = SwarmServices("retire", SwarmServicesArgs(
+        model=model, settings=settings, files=files, network_ids=network.ids, services=[model.retire],
+        depends_on=list(apps.services.values())))
+    edge = SwarmServices("edge", SwarmServicesArgs(
+        model=model, settings=settings, files=files, network_ids=network.ids,
+        services=[svc for svc in model.services if svc.name == PROXY_SERVICE],
+        depends_on=list(apps.services.values())))
+    pulumi.export("environment", settings.environment)
+    pulumi.export("target", "swarm")
+    pulumi.export("endpoint_mode", sw.endpoint_mode)
+    pulumi.export("published_ports", {svc: port for svc, port, _ in sw.proxy_ports})
+    pulumi.export("networks", network.names)
+    pulumi.export("services", {**database.service_names, **apps.service_names, **retire.service_names,
+                               **edge.service_names})
+    pulumi.export("app_image", settings.app_image)
+    pulumi.export("postgres_password", credentials.passwords[SECRET_POSTGRES.name])
+    pulumi.export("app_db_password", credentials.passwords[SECRET_APP_DB.name])
+    pulumi.export("admin_password", credentials.passwords[SECRET_ADMIN.name])
+
+
+if settings.target == "swarm":
+    swarm()
+else:
+    single_host()

@@ -20,7 +20,10 @@ from typing import Any
 
 import yaml
 
+from components import compose_swarm, swarm_model
 from components.settings import (
+    PROJECT,
+    SECRET_APP_DB,
     SECRETS,
     SECURITY_OPTS,
     USER_SECRETS,
@@ -38,6 +41,7 @@ APP_CONTEXT = PROJECT_DIR / "app"
 SECRETS_SUBDIR = "secrets"  # pragma: allowlist secret (a directory name)
 CONFIGS_SUBDIR = "provision"
 _ALPHABET = string.ascii_letters + string.digits
+PROJECT_KEY_PREFIX = f"{PROJECT}:"
 
 
 def _duration(seconds: int) -> str:
@@ -242,9 +246,13 @@ def _write_atomic(path: Path, data: str, mode: int) -> None:
         raise
 
 
-def export(stack: str, out: Path, project_dir: Path = PROJECT_DIR, ca_bundle: Path | None = None) -> list[str]:
+def export(stack: str, out: Path, project_dir: Path = PROJECT_DIR, ca_bundle: Path | None = None,
+           target: str | None = None) -> list[str]:
     """Validate everything first, then write; returns the secret names that were generated."""
     settings = settings_from_file(stack, project_dir)
+    if target is not None and target != settings.target:
+        raise ExportError(f"--target {target}: stack {stack} has target {settings.target} "
+                          f"({PROJECT_KEY_PREFIX}target in Pulumi.{stack}.yaml); set it to {target} there")
     out = out.absolute()
     secret_dir = out / SECRETS_SUBDIR
     _check_writable(out)
@@ -252,7 +260,8 @@ def export(stack: str, out: Path, project_dir: Path = PROJECT_DIR, ca_bundle: Pa
     _check_secret_dir(secret_dir)
     if ca_bundle is not None and not ca_bundle.is_file():
         raise ExportError(f"--ca-bundle {ca_bundle}: not a file")
-    text = compose_text(settings, project_dir / "app", ca_bundle)
+    swarm = settings.target == "swarm"
+    text = "" if swarm else compose_text(settings, project_dir / "app", ca_bundle)
     # Explicit modes: with a umask of 002 (common for users) the defaults would be group-writable, which
     # the checks below refuse.
     out.mkdir(parents=True, exist_ok=True, mode=0o755)
@@ -274,8 +283,37 @@ def export(stack: str, out: Path, project_dir: Path = PROJECT_DIR, ca_bundle: Pa
     for c in settings.containers:
         for target, content in c.uploads:
             _write_atomic(config_dir / Path(target).name, content, 0o644)
+    if swarm:
+        text = _swarm_files(settings, out)
     _write_atomic(out / "compose.yaml", text, 0o644)
     return created
+
+
+def _swarm_files(s: StackSettings, out: Path) -> str:
+    """The app secret (role and password) and the swarm-only files next to the stack file; returns its text."""
+    secret_dir = out / SECRETS_SUBDIR
+    creds = secret_dir / swarm_model.APP_CREDENTIALS_SECRET
+    password = (secret_dir / SECRET_APP_DB.name).read_text(encoding="utf-8")
+    previous = None
+    if creds.exists() or creds.is_symlink():
+        _check_private(creds, "file")
+        previous = creds.read_text(encoding="utf-8")
+    role = swarm_model.next_app_role(s.db_app_user, password, previous)
+    text = swarm_model.credentials_text(role, password)
+    if text != previous:
+        _write_atomic(creds, text, 0o400)
+    model = swarm_model.swarm_model(s)
+    for path, content in model.configs.values():
+        sub = out / compose_swarm.config_dir(path)
+        sub.mkdir(exist_ok=True, mode=0o755)
+        _check_private(sub, "directory")
+        _write_atomic(sub / Path(path).name, content, 0o644)
+    secret_text = {name: (secret_dir / name).read_text(encoding="utf-8") for name in model.secrets}
+    doc = compose_swarm.stack_document(s, secret_text, model)
+    header = (f"# Generated from Pulumi.{s.stack}.yaml by `python -m components.compose --stack {s.stack} "
+              "--target swarm`.\n# Deploy: docker stack deploy --detach=false --resolve-image never -c compose.yaml "
+              f"{s.prefix} (docs/swarm.md). Holds no secret values.\n")
+    return header + yaml.dump(doc, Dumper=_NoAliasDumper, sort_keys=False, default_flow_style=False, width=120)
 
 
 def rotate(out: Path, name: str) -> None:
@@ -307,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rotate", metavar="NAME",
                         help="replace this secret with a new value, then apply it with `docker compose up -d`; "
                              "NAME is one of: " + ", ".join(spec.name for spec in USER_SECRETS))
+    parser.add_argument("--target", choices=("single", "swarm"), default=None,
+                        help="single: compose.yaml for `docker compose`; swarm: a stack file for `docker stack deploy` "
+                             "(the stack's own target key must agree; default: that key)")
     parser.add_argument("--ca-bundle", type=Path, default=None,
                         help="CA bundle given to the image build as BuildKit secret 'ca' (TLS-intercepting networks)")
     args = parser.parse_args(argv)
@@ -316,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ExportError(f"--rotate {args.rotate!r}: allowed: {', '.join(s.name for s in USER_SECRETS)}")
             if not (args.out / SECRETS_SUBDIR / args.rotate).is_file():
                 raise ExportError(f"{args.out / SECRETS_SUBDIR / args.rotate}: nothing to rotate; export first")
-        created = export(args.stack, args.out, ca_bundle=args.ca_bundle)
+        created = export(args.stack, args.out, ca_bundle=args.ca_bundle, target=args.target)
         if args.rotate:
             rotate(args.out, args.rotate)
     except (ConfigError, ExportError, OSError) as err:

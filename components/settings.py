@@ -21,6 +21,18 @@ PROJECT = "stock-analyzer"
 ENVIRONMENTS = ("dev", "prod")
 # Long-running services must come back; "no" is for one-shot jobs only.
 SERVICE_RESTART_POLICIES = ("unless-stopped", "always", "on-failure")
+# Where a stack runs: one Docker engine, or a Swarm cluster (docs/swarm.md).
+TARGETS = ("single", "swarm")
+# Swarm service discovery: a virtual IP with the ingress routing mesh (most clusters), or DNS round robin
+# behind the edge proxy (kernels without IPVS, and where TLS ends at the proxy).
+ENDPOINT_MODES = ("vip", "dnsrr")
+PROXY_CONFIG_SOURCE = Path(__file__).resolve().parent.parent / "proxy" / "haproxy.cfg"
+SWARM_SOURCE = Path(__file__).resolve().parent.parent / "swarm"  # scripts only the swarm target runs
+SWARM_TARGET = "/swarm"
+PROVISION_DONE_FILE = "/tmp/provisioned"  # noqa: S108 (the job's private tmpfs)
+PROXY_CONFIG_TARGET = "/usr/local/etc/haproxy/haproxy.cfg"
+PROXY_UID = 99  # the official haproxy image's user
+PROXY_MAX_TASKS = 10  # server slots the proxy keeps per service (tasks.<service> answers)
 
 # Postgres majors whose data directory layout matches the legacy volume path
 # (/var/lib/postgresql/data); 18+ moved PGDATA, 13 and older are end of life.
@@ -66,6 +78,10 @@ def provision_files() -> tuple[tuple[str, str], ...]:
 
 def backup_files() -> tuple[tuple[str, str], ...]:
     return _script_files(BACKUP_SOURCE, BACKUP_TARGET)
+
+
+def swarm_files() -> tuple[tuple[str, str], ...]:
+    return _script_files(SWARM_SOURCE, SWARM_TARGET)
 
 
 def _script_files(source: Path, target: str) -> tuple[tuple[str, str], ...]:
@@ -195,6 +211,8 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
               "certificate checks, for pipIndexUrl; empty: none.", ""),
     ConfigKey("appImageName", "string", "Repository of the locally built app image; the tag is the stack name.",
               "stock-analyzer-app"),
+    ConfigKey("appImageTag", "string", "Tag of the app image; empty: the stack name. On a swarm, set a new tag per "
+              "release (e.g. the commit): a changed tag is what rolls the services onto a new build.", ""),
     ConfigKey("dbName", "string", "Database name.", "stock_analysis"),
     ConfigKey("dbSuperuser", "string", "Database superuser (used only by the provisioning job).", "postgres"),
     ConfigKey("dbAppUser", "string", "Least-privileged login role the app connects as.", "stock_app"),
@@ -221,6 +239,18 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
               "Minutes between scheduled logical backups (the first runs at start).", "1440"),
     ConfigKey("backupKeep", "integer", "Scheduled and on-demand backups kept; older ones are pruned.", "7"),
     ConfigKey("adminUser", "string", "Admin UI user name.", "admin"),
+    ConfigKey("target", "string", "Where the stack runs: single (one Docker engine) or swarm (a Swarm cluster "
+              "reached through DOCKER_HOST; docs/swarm.md).", "single"),
+    ConfigKey("swarmEndpointMode", "string", "swarm: vip (ingress routing mesh) or dnsrr (edge proxy published "
+              "in host mode on every node).", "vip"),
+    ConfigKey("swarmDbNodeLabel", "string", "swarm: node label that marks the node holding the database volume "
+              "(docker node update --label-add LABEL=true NODE).", "stock-analyzer-db"),
+    ConfigKey("swarmEncryptOverlay", "boolean", "swarm: encrypt the overlay networks (IPsec; needs the kernel's "
+              "esp and xfrm support on every node).", "true"),
+    ConfigKey("apiReplicas", "integer", f"swarm: tasks of the API service (1-{PROXY_MAX_TASKS}).", "2"),
+    ConfigKey("frontendReplicas", "integer", f"swarm: tasks of the frontend service (1-{PROXY_MAX_TASKS}).", "2"),
+    ConfigKey("adminReplicas", "integer", f"swarm: tasks of the admin service (1-{PROXY_MAX_TASKS}).", "1"),
+    ConfigKey("proxyImage", "string", "swarm with dnsrr: pinned HAProxy image of the edge proxy.", "haproxy:3.0"),
     *(ConfigKey(s.config_key, "string", f"Optional own {s.description}, set with --secret; generated when unset.",
                 None, secret=True)
       for s in USER_SECRETS),
@@ -244,12 +274,29 @@ _IMAGE_REF = re.compile(
 )
 _REPO = re.compile(rf"{_DOMAIN}?{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*")
 _MEMORY = re.compile(r"(?P<num>[0-9]+)(?P<unit>|b|k|kb|ki|kib|m|mb|mi|mib|g|gb|gi|gib)", re.IGNORECASE)
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _LOG_SIZE = re.compile(r"[1-9][0-9]*[kmg]")
 _INTEGER = re.compile(r"[0-9]{1,9}")
 _HOST_PORT = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(?::[0-9]{1,5})?")
 _INDEX_URL = re.compile(rf"https?://{_HOST_PORT.pattern}(?:/[A-Za-z0-9._~%/+-]*)?")
 _UNIT_BYTES = {"": 1, "b": 1, "k": 1024, "kb": 1024, "ki": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2,
                "mi": 1024**2, "mib": 1024**2, "g": 1024**3, "gb": 1024**3, "gi": 1024**3, "gib": 1024**3}
+
+
+@dataclass(frozen=True)
+class SwarmSettings:
+    """How the same containers become Swarm services (docs/swarm.md)."""
+
+    endpoint_mode: str
+    replicas: dict[str, int]  # app service -> tasks
+    db_node_label: str  # the database, its job and its backups run where node.labels.<this> == true
+    encrypted: bool
+    proxy_image: str
+    proxy_ports: tuple[tuple[str, int, int], ...]  # (service, published port, container port), dnsrr only
+
+    @property
+    def db_constraint(self) -> str:
+        return f"node.labels.{self.db_node_label}==true"
 
 
 @dataclass(frozen=True)
@@ -278,6 +325,8 @@ class StackSettings:
     backup_interval_s: int
     backup_keep: int
     secret_versions: dict[str, int] = field(default_factory=dict)  # secret name -> rotation version
+    target: str = "single"
+    swarm: SwarmSettings | None = None  # set when target is swarm
 
     @property
     def volume_name(self) -> str:
@@ -503,6 +552,8 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
     app_repo = r.parsed("appImageName", lambda v: v if _REPO.fullmatch(v) else _raise(),
                         "an image repository name without tag, e.g. stock-analyzer-app")
 
+    app_tag = r.parsed("appImageTag", lambda v: v if v == "" or _TAG.fullmatch(v) else _raise(),
+                       "an image tag ([A-Za-z0-9_][A-Za-z0-9_.-]{0,127}), or empty for the stack name")
     memory = {key: r.memory_mb(f"{key}Memory") for key in ("postgres", "api", "frontend", "admin")}
     pg_host_port = r.integer("postgresHostPort", 0, 65535)
     pg_host_ip = r.ip("postgresHostIp", loopback_only=True)
@@ -556,6 +607,8 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
                     f"--stack {stack} --to-image {postgres_image}` first, then set both keys (docs/operations.md)")
     backup_interval_min = r.integer("backupIntervalMinutes", 5, 60 * 24 * 31)
     backup_keep = r.integer("backupKeep", 1, 1000)
+    target = r.choice("target", TARGETS)
+    swarm = _swarm_settings(r, bindings) if target == "swarm" else None
     db_env = (("DB_HOST", DB_ALIAS), ("DB_NAME", db_name), ("DB_PORT", str(POSTGRES_PORT)))
     env_common = (("ENVIRONMENT", environment),)
 
@@ -682,7 +735,7 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         volumes={v: f"{prefix}_{v}" for v in (VOL_DATA, VOL_APP_CREDENTIALS, VOL_PROVISION_STATE, VOL_BACKUPS)},
         postgres_image=postgres_image,
         python_base_image=python_base_image,
-        app_image=f"{app_repo}:{stack}",
+        app_image=f"{app_repo}:{app_tag or stack}",
         app_build_args=(("APP_UID", str(APP_UID)), ("BASE_IMAGE", python_base_image),
                         *((("PIP_INDEX_URL", pip_index),) if pip_index else ()),
                         *((("PIP_TRUSTED_HOST", pip_trusted),) if pip_trusted else ())),
@@ -702,6 +755,28 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         backup_interval_s=backup_interval_min * 60,
         backup_keep=backup_keep,
         secret_versions={spec.name: r.integer(spec.version_key, 1, 1_000_000) for spec in USER_SECRETS},
+        target=target,
+        swarm=swarm,
+    )
+
+
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,126}[a-z0-9])?")
+
+
+def _swarm_settings(r: _Reader, bindings: dict[str, PortBinding]) -> SwarmSettings:
+    mode = r.choice("swarmEndpointMode", ENDPOINT_MODES)
+    label = r.parsed("swarmDbNodeLabel", lambda v: v if _LABEL.fullmatch(v) else _raise(),
+                     "a node label name: lower-case letters, digits, '.', '_', '-', e.g. stock-analyzer-db")
+    # Swarm publishes on every address of every node: the host addresses of the single-host target do not
+    # apply, only the ports. The admin UI is not published at all (docs/swarm.md: reach it by a tunnel).
+    ports = tuple((svc, bindings[svc].host_port, bindings[svc].container_port) for svc in ("api", "frontend"))
+    return SwarmSettings(
+        endpoint_mode=mode,
+        replicas={svc: r.integer(f"{svc}Replicas", 1, PROXY_MAX_TASKS) for svc in ("api", "frontend", "admin")},
+        db_node_label=label,
+        encrypted=r.boolean("swarmEncryptOverlay"),
+        proxy_image=r.image("proxyImage"),
+        proxy_ports=ports,
     )
 
 

@@ -77,6 +77,16 @@ login_with() {  # $1 password file; 0 when the superuser logs in with it
   die "cannot reach the database as $PGUSER"
 }
 
+# On a Swarm cluster nothing orders this job after the server: wait for it (bounded) instead of failing.
+if [ -n "${PROVISION_WAIT_S:-}" ]; then
+  i=0
+  until pg_isready -q -t 2 >/dev/null 2>&1; do
+    i=$((i + 1))
+    [ "$i" -lt "$PROVISION_WAIT_S" ] || die "the database at $PGHOST:$PGPORT did not accept connections within ${PROVISION_WAIT_S}s"
+    sleep 1
+  done
+fi
+
 state="$PROVISION_STATE_DIR"
 su_known="$state/postgres_password"
 su_pending="$state/postgres_password.pending"
@@ -141,7 +151,25 @@ if [ -s "$creds" ]; then
   fi
 fi
 new_pw=$(cat "$APP_DB_PASSWORD_FILE")
-if [ "$cur_user" = "$slot_a" ] || [ "$cur_user" = "$slot_b" ]; then
+given="${APP_CREDENTIALS_GIVEN:-}"
+if [ -n "$given" ]; then
+  # Swarm: the credential file is a Swarm secret (read-only, the same in every app task on every node) in
+  # which the deployment chose the role and its password; this job makes the database agree with it.
+  new_pw="$cur_pw"
+  printf '%s' "$new_pw" > "$tmp/app_pw"
+  APP_DB_PASSWORD_FILE="$tmp/app_pw"
+  [ "$cur_user" = "$slot_a" ] || [ "$cur_user" = "$slot_b" ] \
+    || die "the credential file names role '$cur_user'; allowed: $slot_a or $slot_b"
+  [ -n "$new_pw" ] || die "the credential file holds no password on its second line"
+  active="$cur_user"
+  # A run with the credentials the previous run already applied comes after the app tasks rolled onto
+  # them (the Pulumi program orders db-retire after the apps; by hand: docs/swarm.md): only then may the
+  # other role lose its login.
+  given_record="$state/app_credentials.sha256"
+  given_sum=$(sha256sum < "$creds" | cut -d' ' -f1)
+  settled=""
+  if [ -s "$given_record" ] && [ "$(cat "$given_record")" = "$given_sum" ]; then settled=1; fi
+elif [ "$cur_user" = "$slot_a" ] || [ "$cur_user" = "$slot_b" ]; then
   if [ "$cur_pw" = "$new_pw" ]; then active="$cur_user"
   elif [ "$cur_user" = "$slot_a" ]; then active="$slot_b"
   else active="$slot_a"
@@ -162,7 +190,9 @@ sqlv -f /provision/provision.sql
 set_password "$active" "$APP_DB_PASSWORD_FILE"
 step_done roles
 
-if [ -n "$rewrite" ] || [ "$cur_user" != "$active" ] || [ "$cur_pw" != "$new_pw" ]; then
+if [ -n "$given" ]; then
+  :  # nothing to swap: every app task already reads the role and password chosen by the deployment
+elif [ -n "$rewrite" ] || [ "$cur_user" != "$active" ] || [ "$cur_pw" != "$new_pw" ]; then
   printf '%s\n%s\n' "$active" "$new_pw" > "$tmp/creds"
   # Owner: the app's uid; group root, so that this job (root without DAC_OVERRIDE) can read it next time.
   write_atomic "$tmp/creds" "$creds" 0440 "$APP_UID:0"
@@ -174,6 +204,15 @@ step_done swap
 
 # Roles the app may still be on: any other managed role that can log in.
 others=$(sqlv -At -f /provision/others.sql)
+if [ -n "$given" ] && [ -z "$settled" ]; then
+  # Swarm, new credentials: the app tasks on the other role are replaced only after this run (rolling
+  # update), so it keeps its login until the next run with these credentials (db-retire).
+  if [ -n "$others" ]; then
+    log "swarm: $(echo "$others" | tr '\n' ' ')keeps its login until the app tasks have moved to $active"
+  fi
+  others=""
+  skip_retire=1
+fi
 if [ -n "$others" ]; then
   log "waiting for the sessions of $(echo "$others" | tr '\n' ' ')to end"
   # A request may have read the credential file just before the swap: give it time to connect and finish.
@@ -186,11 +225,17 @@ if [ -n "$others" ]; then
 fi
 step_done drain
 
-sqlv -f /provision/retire.sql
+if [ -z "${skip_retire:-}" ]; then
+  sqlv -f /provision/retire.sql
+fi
 step_done disable
 
 printf '%s\n%s\n' "$APP_DB_USER" "$active" > "$tmp/record"
 write_atomic "$tmp/record" "$state/app_role"
+if [ -n "$given" ]; then
+  printf '%s\n' "$given_sum" > "$tmp/given"
+  write_atomic "$tmp/given" "$given_record"
+fi
 # The record of an older job version held a copy of the app's password: no longer needed.
 rm -f "$legacy"
 step_done record

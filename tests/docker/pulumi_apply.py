@@ -51,19 +51,20 @@ NESTED: dict[str, set[str]] = {
 
 
 class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, path: str) -> None:
         super().__init__("localhost", timeout=timeout)
+        self.path = path
 
     def connect(self) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(self.timeout)
-        self.sock.connect(DOCKER_SOCK)
+        self.sock.connect(self.path)
 
 
 def engine(method: str, path: str, body: object = None, raw: bytes | None = None,
-           timeout: float = 120) -> tuple[int, Any]:
+           timeout: float = 120, sock: str = DOCKER_SOCK) -> tuple[int, Any]:
     """The Docker Engine API, as the provider uses it (the CLI cannot express exec-form healthchecks)."""
-    conn = _UnixConnection(timeout)
+    conn = _UnixConnection(timeout, sock)
     payload = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     headers = {"Content-Type": "application/x-tar" if raw is not None else "application/json"}
     conn.request(method, path, body=payload, headers=headers)

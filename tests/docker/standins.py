@@ -5,6 +5,8 @@ Stand-ins honour the contract the stack relies on:
 - postgres: POSTGRES_USER/DB/PASSWORD and `_FILE` forms, initdb only on an empty PGDATA, `pg_isready`
   on PATH, SIGINT shutdown, the `postgres` user at uid 999 (as in the official image).
 - python: `python3`/`python` and `python3 -m venv` (with pip) at the official image's paths.
+- haproxy: `haproxy -f /usr/local/etc/haproxy/haproxy.cfg` in the foreground as the `haproxy` user at
+  uid/gid 99, SIGUSR1 to stop gracefully (as in the official image).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 STANDIN_LABEL = "stock-analyzer.standin"
 # Bump when a recipe changes: a cached stand-in with another version is rebuilt.
-STANDIN_VERSIONS = {"postgres": "4", "python": "2"}
+STANDIN_VERSIONS = {"postgres": "5", "python": "2", "haproxy": "1"}
 # Debian suites by PostgreSQL major: trixie has 17, bookworm 15, bullseye 13 (the legacy major).
 SUITE_OF_MAJOR = {13: "bullseye", 15: "bookworm", 17: "trixie"}
 
@@ -79,6 +81,12 @@ def _build_postgres(name: str, major: int) -> None:
         # that ownership and the server can run unprivileged from the start.
         (root / "var/lib/postgresql/data").mkdir(parents=True, mode=0o700)
         subprocess.run(["chroot", str(root), "chown", "-R", "postgres:postgres", "/var/lib/postgresql"], check=True)
+        # As in the official image: the socket directory is postgres's, mode 3777; a tmpfs mounted over it
+        # (read-only root filesystem) copies that ownership and mode up.
+        sock = root / "run/postgresql"
+        sock.mkdir(parents=True, exist_ok=True)
+        os.chown(sock, 999, 999)
+        sock.chmod(0o3777)
         shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
         entry = root / "usr/local/bin/docker-entrypoint.sh"
         shutil.copy(HERE / "postgres-entrypoint.sh", entry)
@@ -113,6 +121,24 @@ def _build_python(name: str) -> None:
         ], STANDIN_VERSIONS["python"])
 
 
+def _build_haproxy(name: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="standin-haproxy-") as tmp:
+        root = Path(tmp) / "root"
+        _debootstrap(["haproxy", "passwd"], root)
+        for cmd in (["groupmod", "-g", "99", "haproxy"], ["usermod", "-u", "99", "-g", "99", "haproxy"]):
+            subprocess.run(["chroot", str(root), *cmd], check=True, capture_output=True)
+        (root / "usr/local/etc/haproxy").mkdir(parents=True, exist_ok=True)
+        (root / "usr/local/sbin/haproxy").symlink_to("/usr/sbin/haproxy")
+        shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
+        _import(root, name, [
+            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "STOPSIGNAL SIGUSR1",
+            "USER haproxy",
+            "WORKDIR /var/lib/haproxy",
+            'CMD ["haproxy", "-W", "-db", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]',
+        ], STANDIN_VERSIONS["haproxy"])
+
+
 def _recipe(name: str) -> str:
     return name.split(":")[0].rsplit("/", 1)[-1]
 
@@ -139,6 +165,8 @@ def ensure_image(name: str) -> str:
         _build_postgres(name, int(re.match(r"\d+", tag).group(0)))  # type: ignore[union-attr]
     elif repo == "python":
         _build_python(name)
+    elif repo == "haproxy":
+        _build_haproxy(name)
     else:
         raise RuntimeError(f"no stand-in recipe for {name}")
     return "stand-in (built)"

@@ -1,0 +1,333 @@
+"""The swarm target's services, derived from the same settings as the single-host containers.
+
+Pure (no Pulumi): the stack file for `docker stack deploy` (components/compose_swarm.py) and the Pulumi
+swarm components (components/swarm.py) both serialise this model, so they cannot disagree.
+
+What differs from one host, and why (docs/swarm.md):
+- Volumes are local to a node: Postgres, its provisioning job and the backups are pinned to the node
+  labelled `swarmDbNodeLabel`; the app reads its role and password from a secret, not from a volume.
+- Swarm cannot order services and the provider has no job mode: the job runs as a one-task service that
+  provisions, then idles healthy (swarm/provision-service.sh); deploys wait for that health.
+- Secrets and configs cannot change: each is named by a hash of its content (see content_name).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from components.settings import (
+    APP_CREDENTIALS_FILE,
+    APP_UID,
+    PROVISION_DONE_FILE,
+    PROXY_CONFIG_SOURCE,
+    PROXY_CONFIG_TARGET,
+    PROXY_MAX_TASKS,
+    PROXY_UID,
+    SECRETS_DIR,
+    START_INTERVAL_MS,
+    SWARM_TARGET,
+    VOL_APP_CREDENTIALS,
+    VOL_BACKUPS,
+    ContainerSpec,
+    Healthcheck,
+    StackSettings,
+    SwarmSettings,
+    app_role_names,
+    spec_labels,
+    swarm_files,
+)
+
+# The app's role and password, one secret read by the job and by every app task (two lines).
+APP_CREDENTIALS_SECRET = "app_credentials"  # noqa: S105 (a name)
+PROXY_SERVICE = "proxy"
+RETIRE_SERVICE = "db-retire"
+PROVISION_WAIT_S = 300
+# Update gate: a new task must pass its healthcheck, then stay up this long, before the next one starts.
+UPDATE_MONITOR_S = 5
+SWARM_NAME_MAX = 64  # secrets and configs: at most 64 of [a-zA-Z0-9-_.]
+HASH_CHARS = 12
+PROXY_MEMORY_MB = 64
+STOP_GRACE_S = 10  # the app finishes in-flight requests on SIGTERM
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A secret or config mounted as a file: `target` is a name under /run/secrets (secrets) or a path."""
+
+    source: str  # logical name (a key of SwarmModel.secrets or .configs)
+    target: str
+    uid: int
+    gid: int
+    mode: int
+
+
+@dataclass(frozen=True)
+class Mount:
+    type: str  # "volume" or "tmpfs"
+    target: str
+    source: str = ""  # logical volume name
+    read_only: bool = False
+    size_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Port:
+    target: int
+    published: int
+    mode: str  # "ingress" (routing mesh) or "host"
+
+
+@dataclass(frozen=True)
+class UpdatePolicy:
+    order: str  # "start-first" or "stop-first"
+    failure_action: str
+    parallelism: int = 1
+    delay_s: int = 0
+    monitor_s: int = UPDATE_MONITOR_S
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    condition: str  # "any" or "on-failure"
+    delay_s: int
+    max_attempts: int = 0  # 0: unlimited
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str  # logical service name; the DNS name on the stack's networks
+    image: str
+    entrypoint: tuple[str, ...] | None
+    command: tuple[str, ...]
+    user: str | None
+    env: tuple[tuple[str, str], ...]
+    secrets: tuple[FileRef, ...]
+    configs: tuple[FileRef, ...]
+    mounts: tuple[Mount, ...]
+    networks: tuple[tuple[str, tuple[str, ...]], ...]  # (logical network, aliases)
+    healthcheck: Healthcheck | None
+    cap_add: tuple[str, ...]
+    read_only: bool
+    stop_signal: str | None
+    stop_grace_s: int
+    labels: tuple[tuple[str, str], ...]
+    global_mode: bool
+    replicas: int
+    endpoint_mode: str
+    constraints: tuple[str, ...]
+    memory_limit_mb: int | None
+    memory_reservation_mb: int | None
+    pids_limit: int
+    restart: RestartPolicy
+    update: UpdatePolicy
+    ports: tuple[Port, ...] = ()
+
+
+@dataclass(frozen=True)
+class SwarmModel:
+    stack_name: str  # the stack (docker stack deploy NAME) and the prefix of every object name
+    services: tuple[ServiceSpec, ...]
+    secrets: tuple[str, ...]  # logical secret names the services use
+    configs: dict[str, tuple[str, str]]  # logical name -> (path in the container, content)
+    networks: dict[str, str]  # logical -> engine name
+    encrypted: bool
+    volumes: dict[str, str]  # logical -> engine name (created on the node a task lands on)
+    # The job again, once the apps have rolled onto new credentials: the previous role loses its login.
+    # Only a deployment that orders it after the apps (the Pulumi program) runs it as a service.
+    retire: ServiceSpec
+
+    def service(self, name: str) -> ServiceSpec:
+        return next(svc for svc in self.services if svc.name == name)
+
+
+def content_name(prefix: str, name: str, content: str) -> str:
+    """An immutable Swarm object's name: a new content is a new name, so services roll onto it."""
+    base = f"{prefix}_{name}"[:SWARM_NAME_MAX - HASH_CHARS - 1].rstrip("-_.")
+    return f"{base}-{hashlib.sha256(content.encode()).hexdigest()[:HASH_CHARS]}"
+
+
+def credentials_text(role: str, password: str) -> str:
+    return f"{role}\n{password}\n"
+
+
+def next_app_role(app_user: str, password: str, previous: str | None) -> str:
+    """The login role the app secret names: the current one while the password is unchanged; after a
+    rotation the other one of the pair, so that tasks not yet updated keep a working role."""
+    slot_a, slot_b, _ = app_role_names(app_user)
+    if previous:
+        lines = previous.splitlines()
+        if len(lines) >= 2 and lines[0] in (slot_a, slot_b):
+            if lines[1] == password:
+                return lines[0]
+            return slot_b if lines[0] == slot_a else slot_a
+    return slot_a
+
+
+def config_key(path: str) -> str:
+    """Uploaded files have distinct names (provision/, backup/, swarm/, proxy/): the name alone keeps the
+    Swarm object's name short."""
+    return Path(path).name.replace(".", "_")
+
+
+def proxy_config() -> str:
+    return PROXY_CONFIG_SOURCE.read_text(encoding="utf-8")
+
+
+_SIZE = re.compile(r"size=([0-9]+)([kmg]?)")
+
+
+def _tmpfs(path: str, opts: str) -> Mount:
+    m = _SIZE.search(opts)
+    size = int(m[1]) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[m[2]] if m else 16 * 1024**2
+    return Mount("tmpfs", path, size_bytes=size)
+
+
+def provision_service_spec(s: StackSettings) -> ContainerSpec:
+    """The one-shot job as a one-task service that stays up once done (swarm/provision-service.sh)."""
+    return replace(
+        s.provision,
+        entrypoint=("sh", f"{SWARM_TARGET}/provision-service.sh"),
+        uploads=(*s.provision.uploads, *swarm_files()),
+        healthcheck=Healthcheck(test=("CMD", "test", "-f", PROVISION_DONE_FILE), interval_s=10, timeout_s=3,
+                                retries=3, start_period_s=PROVISION_WAIT_S + 60, start_interval_ms=START_INTERVAL_MS),
+    )
+
+
+def _service(spec: ContainerSpec, s: StackSettings, sw: SwarmSettings, image: str, *, replicas: int = 1,
+             pinned: bool = False, order: str = "start-first", env: dict[str, str] | None = None,
+             drop_mounts: tuple[str, ...] = (), extra_secrets: tuple[FileRef, ...] = (),
+             ports: tuple[Port, ...] = (), restart: RestartPolicy | None = None) -> ServiceSpec:
+    return ServiceSpec(
+        name=spec.service,
+        image=image,
+        entrypoint=spec.entrypoint,
+        command=spec.command,
+        user=spec.user,
+        env=tuple(sorted((env if env is not None else dict(spec.env)).items())),
+        secrets=(*(FileRef(m.secret.name, m.secret.name, m.owner_uid, m.owner_uid, 0o400) for m in spec.secrets),
+                 *extra_secrets),
+        # Scripts, readable by whichever uid runs them.
+        configs=tuple(FileRef(config_key(path), path, 0, 0, 0o444) for path, _ in spec.uploads),
+        mounts=(*(Mount("volume", m.target, m.volume, m.read_only) for m in spec.mounts
+                  if m.volume not in drop_mounts),
+                *(_tmpfs(path, opts) for path, opts in spec.tmpfs)),
+        networks=tuple((net, spec.aliases) for net in spec.networks),
+        healthcheck=spec.healthcheck,
+        cap_add=spec.cap_add,
+        read_only=spec.read_only,
+        stop_signal=spec.stop_signal,
+        # Always said: the provider sends 0 (kill at once) for an unset grace period, the CLI 10 s.
+        stop_grace_s=spec.stop_grace_s or STOP_GRACE_S,
+        labels=tuple(sorted(spec_labels(spec, s).items())),
+        global_mode=False,
+        replicas=replicas,
+        endpoint_mode=sw.endpoint_mode,
+        constraints=(sw.db_constraint,) if pinned else (),
+        memory_limit_mb=spec.memory_mb,
+        # Reserve half: the scheduler places a task only where that much is free; the rest is headroom.
+        memory_reservation_mb=max(spec.memory_mb // 2, 6) if spec.memory_mb else None,
+        pids_limit=spec.pids_limit,
+        restart=restart or RestartPolicy("any", 2),
+        update=UpdatePolicy(order, "rollback"),
+        ports=ports,
+    )
+
+
+def swarm_model(s: StackSettings) -> SwarmModel:
+    sw = s.swarm
+    if sw is None:
+        raise ValueError(f"stack {s.stack} has target {s.target}, not swarm")
+    creds_path = f"{SECRETS_DIR}/{APP_CREDENTIALS_SECRET}"
+    creds_app = FileRef(APP_CREDENTIALS_SECRET, APP_CREDENTIALS_SECRET, APP_UID, APP_UID, 0o400)
+
+    def app_env(spec: ContainerSpec) -> dict[str, str]:
+        env = dict(spec.env)
+        if env.get("DB_CREDENTIALS_FILE") == APP_CREDENTIALS_FILE:
+            env["DB_CREDENTIALS_FILE"] = creds_path
+        # The backups live on the database node; the admin UI may run anywhere (docs/swarm.md).
+        env.pop("BACKUP_STATUS_FILE", None)
+        return env
+
+    job = provision_service_spec(s)
+    job_env = {**dict(job.env), "APP_CREDENTIALS_FILE": creds_path, "APP_CREDENTIALS_GIVEN": "1",
+               "PROVISION_WAIT_S": str(PROVISION_WAIT_S), "PROVISION_DONE_FILE": PROVISION_DONE_FILE}
+    job_args: dict[str, Any] = {
+        "pinned": True, "order": "stop-first", "env": job_env, "drop_mounts": (VOL_APP_CREDENTIALS,),
+        "extra_secrets": (FileRef(APP_CREDENTIALS_SECRET, APP_CREDENTIALS_SECRET, 0, 0, 0o400),),
+        "restart": RestartPolicy("on-failure", 5, 3)}
+    services = [
+        # Never two servers on one data directory: stop the old task before starting the new one.
+        _service(s.postgres, s, sw, s.postgres_image, pinned=True, order="stop-first"),
+        _service(job, s, sw, s.postgres_image, **job_args),
+    ]
+    retire = _service(replace(job, service=RETIRE_SERVICE), s, sw, s.postgres_image, **job_args)
+    publish = {svc: (pub, target) for svc, pub, target in sw.proxy_ports}
+    for spec in s.apps:
+        ports: tuple[Port, ...] = ()
+        if sw.endpoint_mode == "vip" and spec.service in publish:
+            pub, target = publish[spec.service]
+            ports = (Port(target, pub, "ingress"),)
+        uses_db = "DB_CREDENTIALS_FILE" in dict(spec.env)
+        services.append(_service(spec, s, sw, s.app_image, replicas=sw.replicas[spec.service], env=app_env(spec),
+                                 drop_mounts=(VOL_APP_CREDENTIALS, VOL_BACKUPS),
+                                 extra_secrets=(creds_app,) if uses_db else (), ports=ports))
+    services.append(_service(s.backup, s, sw, s.postgres_image, pinned=True, order="stop-first"))
+    configs = {config_key(path): (path, content) for c in (*s.containers, job) for path, content in c.uploads}
+    if sw.endpoint_mode == "dnsrr":
+        services.append(_proxy_service(s, sw))
+        configs[config_key(PROXY_CONFIG_TARGET)] = (PROXY_CONFIG_TARGET, proxy_config())
+    return SwarmModel(
+        stack_name=s.prefix,
+        services=tuple(services),
+        secrets=tuple(sorted({r.source for svc in services for r in svc.secrets})),
+        configs=dict(sorted(configs.items())),
+        networks=dict(s.networks),
+        encrypted=sw.encrypted,
+        volumes={k: v for k, v in s.volumes.items() if k != VOL_APP_CREDENTIALS},
+        retire=retire,
+    )
+
+
+def _proxy_service(s: StackSettings, sw: SwarmSettings) -> ServiceSpec:
+    env = {"API_SERVICE": "api", "FRONTEND_SERVICE": "frontend", "PROXY_MAX_TASKS": str(PROXY_MAX_TASKS)}
+    ports = []
+    for svc, pub, target in sw.proxy_ports:
+        env[f"{svc.upper()}_PORT"] = str(target)
+        ports.append(Port(target, pub, "host"))
+    labels = {"stock-analyzer.environment": s.environment, "stock-analyzer.role": "service",
+              "stock-analyzer.service": PROXY_SERVICE, "stock-analyzer.stack": s.stack}
+    return ServiceSpec(
+        name=PROXY_SERVICE,
+        image=sw.proxy_image,
+        entrypoint=None,
+        command=(),
+        user=f"{PROXY_UID}:{PROXY_UID}",
+        env=tuple(sorted(env.items())),
+        secrets=(),
+        configs=(FileRef(config_key(PROXY_CONFIG_TARGET), PROXY_CONFIG_TARGET, PROXY_UID, PROXY_UID, 0o444),),
+        mounts=(),
+        networks=(("frontend", ()),),
+        healthcheck=None,
+        cap_add=(),
+        read_only=True,
+        stop_signal=None,
+        stop_grace_s=STOP_GRACE_S,
+        labels=tuple(sorted(labels.items())),
+        # One per node, published on the node's own address: whichever node a client (or the DNS name in
+        # front of the cluster) reaches answers.
+        global_mode=True,
+        replicas=0,
+        endpoint_mode="dnsrr",
+        constraints=(),
+        memory_limit_mb=PROXY_MEMORY_MB,
+        memory_reservation_mb=PROXY_MEMORY_MB // 4,
+        pids_limit=256,
+        restart=RestartPolicy("any", 2),
+        # Host ports: a new task cannot start beside the old one on the same node.
+        update=UpdatePolicy("stop-first", "rollback"),
+        ports=tuple(ports),
+    )
