@@ -7,8 +7,11 @@
 # CLI: keeps state in the project (.pulumi-state/, a local file backend) and a generated secrets
 # passphrase in .pulumi-passphrase (0600, ignored by git), unless you already chose a backend (logged in,
 # or PULUMI_BACKEND_URL) or a passphrase; selects or creates the stack; `pulumi up`. Without the CLI: the
-# same stack through the compose export (.stack/STACK/), `docker compose up --wait`. Idempotent: a second
-# run changes nothing that is already in place. Prints where state and secrets live.
+# same stack through the compose export (.stack/STACK/), `docker compose up --wait`; for a stack whose
+# target is swarm (DOCKER_HOST: a manager), the stack file with `docker stack deploy`, then the
+# provisioning job once more (it retires an app role a rotation replaced; docs/swarm.md). Set
+# SWARM_RESOLVE_IMAGE=never where no registry answers. Idempotent: a second run changes nothing that is
+# already in place. Prints where state and secrets live.
 set -euo pipefail
 cd "$(dirname "$0")"
 stack="${1:-dev}"
@@ -57,6 +60,17 @@ else
   say "no Pulumi CLI on PATH: bringing $stack up through the compose export instead (README: Prerequisites)"
   out=".stack/$stack"
   mkdir -p -m 0700 .stack
+  target=$(.venv/bin/python -c 'import sys; from components.stack_file import settings_from_file
+print(settings_from_file(sys.argv[1]).target)' "$stack")
+  if [ "$target" = swarm ]; then
+    .venv/bin/python -m components.compose --stack "$stack" --out "$out" --target swarm
+    docker stack deploy --detach=false --resolve-image "${SWARM_RESOLVE_IMAGE:-always}" \
+      -c "$out/compose.yaml" "stock-analyzer-$stack"
+    docker service update --force --detach=false "stock-analyzer-${stack}_db-provision" >/dev/null
+    say "state: the swarm (docker stack services stock-analyzer-$stack); the database volume on the labelled node"
+    say "secrets: $out/secrets/ (0700; generated once, never printed), in the swarm as content-named secrets"
+    exit 0
+  fi
   .venv/bin/python -m components.compose --stack "$stack" --out "$out"
   docker compose -f "$out/compose.yaml" up -d --build --wait --wait-timeout 300
   say "state: the Docker engine (containers and volumes named stock-analyzer-$stack-*)"

@@ -7,7 +7,7 @@ and the services that use it roll onto it.
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from components.settings import PROXY_CONFIG_TARGET, SWARM_TARGET, Healthcheck, StackSettings
@@ -93,7 +93,7 @@ def _service(svc: ServiceSpec, log_opts: dict[str, str]) -> dict[str, Any]:
 
 def config_dir(path: str) -> str:
     """Where the export writes an uploaded file, next to the stack file."""
-    if path == PROXY_CONFIG_TARGET:
+    if path.startswith(str(PurePosixPath(PROXY_CONFIG_TARGET).parent) + "/"):
         return "proxy"
     return "swarm" if path.startswith(f"{SWARM_TARGET}/") else "provision"
 

@@ -31,6 +31,8 @@ SWARM_SOURCE = Path(__file__).resolve().parent.parent / "swarm"  # scripts only 
 SWARM_TARGET = "/swarm"
 PROVISION_DONE_FILE = "/tmp/provisioned"  # noqa: S108 (the job's private tmpfs)
 PROXY_CONFIG_TARGET = "/usr/local/etc/haproxy/haproxy.cfg"
+PROXY_HEALTHCHECK_SOURCE = PROXY_CONFIG_SOURCE.parent / "healthcheck.sh"
+PROXY_HEALTHCHECK_TARGET = "/usr/local/etc/haproxy/healthcheck.sh"
 PROXY_UID = 99  # the official haproxy image's user
 PROXY_MAX_TASKS = 10  # server slots the proxy keeps per service (tasks.<service> answers)
 
@@ -209,7 +211,8 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
               "https://pypi.example.internal/simple; empty: the default index.", ""),
     ConfigKey("pipTrustedHost", "string", "Host (host or host:port) pip may reach over plain HTTP or without "
               "certificate checks, for pipIndexUrl; empty: none.", ""),
-    ConfigKey("appImageName", "string", "Repository of the locally built app image; the tag is the stack name.",
+    ConfigKey("appImageName", "string", "Repository of the app image (built locally on one host; in a registry "
+              "for a swarm); its tag is appImageTag.",
               "stock-analyzer-app"),
     ConfigKey("appImageTag", "string", "Tag of the app image; empty: the stack name. On a swarm, set a new tag per "
               "release (e.g. the commit): a changed tag is what rolls the services onto a new build.", ""),

@@ -68,12 +68,12 @@ class SwarmFiles(pulumi.ComponentResource):
         for logical in m.secrets:
             value = values[logical]
             object_name: pulumi.Output[str] = value.apply(functools.partial(content_name, m.stack_name, logical))
-            data: pulumi.Output[str] = value.apply(_b64)
             self.secrets[logical] = docker.Secret(
                 f"{name}-{logical.replace('_', '-')}",
                 # A hash of a generated password names the object; the value stays a secret.
                 name=pulumi.Output.unsecret(object_name),
-                data=pulumi.Output.secret(data),
+                # Derived from a secret output, so itself secret (checked by the unit tests).
+                data=value.apply(_b64),
                 labels=labels,
                 opts=pulumi.ResourceOptions(parent=self),
             )

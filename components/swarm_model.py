@@ -25,6 +25,8 @@ from components.settings import (
     PROVISION_DONE_FILE,
     PROXY_CONFIG_SOURCE,
     PROXY_CONFIG_TARGET,
+    PROXY_HEALTHCHECK_SOURCE,
+    PROXY_HEALTHCHECK_TARGET,
     PROXY_MAX_TASKS,
     PROXY_UID,
     SECRETS_DIR,
@@ -52,6 +54,12 @@ SWARM_NAME_MAX = 64  # secrets and configs: at most 64 of [a-zA-Z0-9-_.]
 HASH_CHARS = 12
 PROXY_MEMORY_MB = 64
 STOP_GRACE_S = 10  # the app finishes in-flight requests on SIGTERM
+# Reviewed policy exceptions (policy/rules.py) that hold for every swarm service.
+SWARM_EXCEPTIONS = {
+    "stock-analyzer.policy-exception.no-new-privileges":
+        "Swarm services cannot set no-new-privileges (Docker Engine 26, and no such input in the provider); "
+        "capabilities stay dropped and the root filesystem read-only (both checked); docs/swarm.md",
+}
 
 
 @dataclass(frozen=True)
@@ -190,6 +198,8 @@ def provision_service_spec(s: StackSettings) -> ContainerSpec:
     """The one-shot job as a one-task service that stays up once done (swarm/provision-service.sh)."""
     return replace(
         s.provision,
+        # A long-running service here (it idles once done), with a healthcheck and on-failure restarts.
+        role="service",
         entrypoint=("sh", f"{SWARM_TARGET}/provision-service.sh"),
         uploads=(*s.provision.uploads, *swarm_files()),
         healthcheck=Healthcheck(test=("CMD", "test", "-f", PROVISION_DONE_FILE), interval_s=10, timeout_s=3,
@@ -222,7 +232,7 @@ def _service(spec: ContainerSpec, s: StackSettings, sw: SwarmSettings, image: st
         stop_signal=spec.stop_signal,
         # Always said: the provider sends 0 (kill at once) for an unset grace period, the CLI 10 s.
         stop_grace_s=spec.stop_grace_s or STOP_GRACE_S,
-        labels=tuple(sorted(spec_labels(spec, s).items())),
+        labels=tuple(sorted({**spec_labels(spec, s), **SWARM_EXCEPTIONS}.items())),
         global_mode=False,
         replicas=replicas,
         endpoint_mode=sw.endpoint_mode,
@@ -253,7 +263,7 @@ def swarm_model(s: StackSettings) -> SwarmModel:
         return env
 
     job = provision_service_spec(s)
-    job_env = {**dict(job.env), "APP_CREDENTIALS_FILE": creds_path, "APP_CREDENTIALS_GIVEN": "1",
+    job_env = {**dict(job.env), "APP_CREDENTIALS_FILE": creds_path, "PROVISION_MODE": "swarm",
                "PROVISION_WAIT_S": str(PROVISION_WAIT_S), "PROVISION_DONE_FILE": PROVISION_DONE_FILE}
     job_args: dict[str, Any] = {
         "pinned": True, "order": "stop-first", "env": job_env, "drop_mounts": (VOL_APP_CREDENTIALS,),
@@ -280,6 +290,8 @@ def swarm_model(s: StackSettings) -> SwarmModel:
     if sw.endpoint_mode == "dnsrr":
         services.append(_proxy_service(s, sw))
         configs[config_key(PROXY_CONFIG_TARGET)] = (PROXY_CONFIG_TARGET, proxy_config())
+        configs[config_key(PROXY_HEALTHCHECK_TARGET)] = (
+            PROXY_HEALTHCHECK_TARGET, PROXY_HEALTHCHECK_SOURCE.read_text(encoding="utf-8"))
     return SwarmModel(
         stack_name=s.prefix,
         services=tuple(services),
@@ -299,7 +311,7 @@ def _proxy_service(s: StackSettings, sw: SwarmSettings) -> ServiceSpec:
         env[f"{svc.upper()}_PORT"] = str(target)
         ports.append(Port(target, pub, "host"))
     labels = {"stock-analyzer.environment": s.environment, "stock-analyzer.role": "service",
-              "stock-analyzer.service": PROXY_SERVICE, "stock-analyzer.stack": s.stack}
+              "stock-analyzer.service": PROXY_SERVICE, "stock-analyzer.stack": s.stack, **SWARM_EXCEPTIONS}
     return ServiceSpec(
         name=PROXY_SERVICE,
         image=sw.proxy_image,
@@ -308,10 +320,12 @@ def _proxy_service(s: StackSettings, sw: SwarmSettings) -> ServiceSpec:
         user=f"{PROXY_UID}:{PROXY_UID}",
         env=tuple(sorted(env.items())),
         secrets=(),
-        configs=(FileRef(config_key(PROXY_CONFIG_TARGET), PROXY_CONFIG_TARGET, PROXY_UID, PROXY_UID, 0o444),),
+        configs=tuple(FileRef(config_key(path), path, PROXY_UID, PROXY_UID, 0o444)
+                      for path in (PROXY_CONFIG_TARGET, PROXY_HEALTHCHECK_TARGET)),
         mounts=(),
         networks=(("frontend", ()),),
-        healthcheck=None,
+        healthcheck=Healthcheck(test=("CMD", "bash", PROXY_HEALTHCHECK_TARGET), interval_s=10, timeout_s=3,
+                                retries=3, start_period_s=30, start_interval_ms=START_INTERVAL_MS),
         cap_add=(),
         read_only=True,
         stop_signal=None,

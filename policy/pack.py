@@ -15,18 +15,23 @@ from pulumi_policy import (
 
 # The CLI runs the pack from this directory; import the rules as the `policy` package either way.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from policy.rules import CONTAINER_RULES, ContainerView, from_pulumi, pinned_image
+from policy.rules import CONTAINER_RULES, ContainerView, from_pulumi, from_pulumi_service, pinned_image
 
 CONTAINER = "docker:index/container:Container"
+SERVICE = "docker:index/service:Service"  # the swarm target: the same rules over each service's container
 VOLUME = "docker:index/volume:Volume"
 
 
 def _container_policy(name: str, description: str,
                       rule: Callable[[ContainerView], list[str]]) -> ResourceValidationPolicy:
     def validate(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
-        if args.resource_type != CONTAINER:
+        if args.resource_type == CONTAINER:
+            view = from_pulumi(args.name, args.props)
+        elif args.resource_type == SERVICE:
+            view = from_pulumi_service(args.name, args.props)
+        else:
             return
-        for message in rule(from_pulumi(args.name, args.props)):
+        for message in rule(view):
             report_violation(message, None)
 
     return ResourceValidationPolicy(name=name, description=description, validate=validate,

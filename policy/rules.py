@@ -102,6 +102,35 @@ def from_pulumi(name: str, props: Mapping[str, Any]) -> ContainerView:
     )
 
 
+# Swarm restart conditions, in the terms of the container rules ("none" stays what it is: no restart).
+_SWARM_RESTART = {"any": "always", "on-failure": "on-failure", "none": "no"}
+
+
+def from_pulumi_service(name: str, props: Mapping[str, Any]) -> ContainerView:
+    """From `docker:index/service:Service` inputs (the swarm target): its task's container."""
+    task = props.get("taskSpec") or {}
+    cs = task.get("containerSpec") or {}
+    hc = cs.get("healthcheck") or {}
+    limits = (task.get("resources") or {}).get("limits") or {}
+    memory = _int(limits.get("memoryBytes"))
+    ports = (props.get("endpointSpec") or {}).get("ports") or []
+    return ContainerView(
+        name=name,
+        image=str(cs.get("image", "")),
+        env={str(k): str(v) for k, v in (cs.get("env") or {}).items()},
+        labels={lab["label"]: lab["value"] for lab in cs.get("labels") or []},
+        restart=_SWARM_RESTART.get(str((task.get("restartPolicy") or {}).get("condition", "any"))),
+        healthcheck=bool(hc.get("tests")) and hc.get("tests") != ["NONE"],
+        # Swarm publishes on every address of every node.
+        ports=[Port("0.0.0.0", _int(p.get("publishedPort")), int(p["targetPort"])) for p in ports],
+        memory_mb=memory // 1024**2 if memory else None,
+        user=cs.get("user"),
+        cap_drop=list(cs.get("capDrops") or []),
+        security_opts=[],
+        read_only=bool(cs.get("readOnly")),
+    )
+
+
 def _parse_port(spec: str) -> Port:
     parts = spec.split(":")
     internal = int(parts[-1].split("/")[0])
@@ -122,11 +151,14 @@ def _mem_mb(value: Any) -> int | None:
 
 
 def from_compose(name: str, svc: Mapping[str, Any]) -> ContainerView:
+    """From a compose service, or a stack file's (restart and memory under `deploy`, long-form ports)."""
     env = svc.get("environment") or {}
     if isinstance(env, list):
         env = dict(_split_env(str(e)) for e in env)
     hc = svc.get("healthcheck") or {}
-    restart = svc.get("restart")
+    deploy = svc.get("deploy") or {}
+    restart = svc.get("restart") or _SWARM_RESTART.get(str((deploy.get("restart_policy") or {}).get("condition")))
+    memory = svc.get("mem_limit") or ((deploy.get("resources") or {}).get("limits") or {}).get("memory")
     return ContainerView(
         name=name,
         image=str(svc.get("image", "")),
@@ -134,8 +166,9 @@ def from_compose(name: str, svc: Mapping[str, Any]) -> ContainerView:
         labels=dict(svc.get("labels") or {}),
         restart=str(restart).split(":")[0] if restart else None,
         healthcheck=bool(hc.get("test")) and not hc.get("disable"),
-        ports=[_parse_port(str(p)) for p in svc.get("ports") or []],
-        memory_mb=_mem_mb(svc.get("mem_limit")),
+        ports=[Port("0.0.0.0", _int(p.get("published")), int(p["target"])) if isinstance(p, dict)
+               else _parse_port(str(p)) for p in svc.get("ports") or []],
+        memory_mb=_mem_mb(memory),
         user=svc.get("user"),
         cap_drop=list(svc.get("cap_drop") or []),
         security_opts=list(svc.get("security_opt") or []),

@@ -151,7 +151,8 @@ if [ -s "$creds" ]; then
   fi
 fi
 new_pw=$(cat "$APP_DB_PASSWORD_FILE")
-given="${APP_CREDENTIALS_GIVEN:-}"
+given=""
+if [ "${PROVISION_MODE:-}" = swarm ]; then given=1; fi
 if [ -n "$given" ]; then
   # Swarm: the credential file is a Swarm secret (read-only, the same in every app task on every node) in
   # which the deployment chose the role and its password; this job makes the database agree with it.

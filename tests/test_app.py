@@ -223,6 +223,31 @@ def test_container_healthcheck_probe(served: str, store: FakeStore) -> None:
     store.down = True
     assert healthcheck.check(f"{served}/health") is False
     assert healthcheck.check("http://127.0.0.1:9/health", timeout_s=0.5) is False
+    assert healthcheck.check(f"{served.replace('http:', 'https:')}/health") is False
+
+
+@pytest.mark.parametrize("answer", [b"", b"garbage\r\n", b"HTTP/1.1 2000 OK\r\n", b"SSH-2.0 200\r\n",
+                                    b"HTTP/1.1 503 Service Unavailable\r\n\r\n200"])
+def test_the_healthcheck_wants_an_http_200_status_line(answer: bytes) -> None:
+    import socket
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def reply() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(answer)
+
+    thread = threading.Thread(target=reply, daemon=True)
+    thread.start()
+    try:
+        assert healthcheck.check(f"http://127.0.0.1:{srv.getsockname()[1]}/health", timeout_s=2) is False
+    finally:
+        thread.join(timeout=5)
+        srv.close()
 
 
 def test_admin_shows_when_the_last_good_backup_was_taken(store: FakeStore, tmp_path: Path) -> None:

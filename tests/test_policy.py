@@ -15,7 +15,7 @@ from components.compose import compose_text
 from components.stack_file import settings_from_file
 from policy.pack import POLICIES
 from policy.rules import check_compose
-from tests.pulumi_mocks import Recording, plain, run_program
+from tests.pulumi_mocks import Recording, committed_config, plain, run_program
 
 POLICY = {p.name: p for p in POLICIES}
 Props = dict[str, Any]
@@ -180,7 +180,7 @@ def test_prod_data_volumes_protected() -> None:
     assert violations("prod-data-volumes-protected", volume, dev_volume, protect=False) == []
 
 
-@pytest.mark.parametrize("stack", ["dev", "prod"])
+@pytest.mark.parametrize("stack", ["dev", "prod", "swarm"])
 def test_program_complies_with_every_policy(stack: str) -> None:
     rec = run_program(stack)
     for r in rec.resources:
@@ -209,3 +209,59 @@ def test_compose_export_complies_with_the_same_rules(stack: str) -> None:
     # The compose export carries no exception at all.
     assert not any(k.startswith("stock-analyzer.policy-exception.read-only")
                    for svc in doc["services"].values() for k in svc["labels"])
+
+
+SERVICE = "docker:index/service:Service"
+
+
+def _swarm_service(rec: Recording, name: str) -> Props:
+    (r,) = [r for r in rec.of_type(SERVICE) if plain(r.inputs)["name"].endswith(f"_{name}")]
+    return copy.deepcopy(plain(r.inputs))
+
+
+def _cs(props: Props, **changes: Any) -> Props:
+    out = copy.deepcopy(props)
+    out["taskSpec"]["containerSpec"] = _set(out["taskSpec"]["containerSpec"], **changes)
+    return out
+
+
+def test_swarm_services_are_held_to_the_container_rules() -> None:
+    cfg = committed_config("swarm")
+    cfg["stock-analyzer:environment"] = "prod"
+    cfg["stock-analyzer:protectData"] = "true"
+    cfg.pop("stock-analyzer:postgresHostPort", None)
+    rec = run_program("swarm", cfg)
+    api = _swarm_service(rec, "api")
+    for policy in POLICY:
+        assert violations(policy, SERVICE, api) == [], policy
+    broken = {
+        "drop-all-capabilities": _cs(api, capDrops=None),
+        "read-only-root-filesystem": _cs(api, readOnly=False),
+        "prod-non-root": _cs(api, user=None),
+        "no-plaintext-secret-env": _cs(api, env={**api["taskSpec"]["containerSpec"]["env"], "DB_PASSWORD": "x"}),
+        "container-healthcheck-and-restart": _cs(api, healthcheck=None),
+        "pinned-images": _cs(api, image="stock-analyzer-app:latest"),
+    }
+    for policy, props in broken.items():
+        assert violations(policy, SERVICE, props), policy
+    no_limit = copy.deepcopy(api)
+    no_limit["taskSpec"]["resources"] = {}
+    assert violations("prod-memory-limit", SERVICE, no_limit)
+    # The one reviewed swarm exception: no-new-privileges, which services cannot set; without it, flagged.
+    labels = api["taskSpec"]["containerSpec"]["labels"]
+    assert violations("no-new-privileges", SERVICE, _cs(api, labels=[
+        x for x in labels if x["label"] != "stock-analyzer.policy-exception.no-new-privileges"]))
+
+
+def test_the_swarm_stack_file_complies_with_the_same_rules(tmp_path: Any) -> None:
+    from components import compose
+
+    compose.export("swarm", tmp_path / "out", target="swarm")
+    doc = yaml.safe_load((tmp_path / "out" / "compose.yaml").read_text())
+    assert check_compose(doc) == []
+    broken = copy.deepcopy(doc)
+    broken["services"]["api"]["deploy"]["restart_policy"]["condition"] = "none"
+    broken["services"]["frontend"]["read_only"] = False
+    found = check_compose(broken)
+    assert any(f.startswith("api: restart policy") for f in found), found
+    assert any(f.startswith("frontend: root filesystem is writable") for f in found), found

@@ -258,8 +258,7 @@ def _create(r: Resource, applied: SwarmApplied) -> None:
     mock_id = f"{r.name}-id"
     if r.type == "random:index/randomPassword:RandomPassword":
         assert i["special"] is False
-        return
-    if r.type == "docker:index/network:Network":
+    elif r.type == "docker:index/network:Network":
         status, body = applied.api("POST", "/networks/create", {
             "Name": i["name"], "Driver": i["driver"], "Options": i.get("options", {}), "Attachable": False,
             "Internal": False, "Labels": _labels(i.get("labels")), "IPAM": {"Driver": "default"}})

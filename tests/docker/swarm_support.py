@@ -1,0 +1,183 @@
+"""The three-node Swarm lab (../shared/swarm-lab.sh) for the swarm tests: nodes, images, traffic.
+
+Traffic goes only to the lab's own node addresses (192.168.231.11..), each bounded in time and count.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.docker.support import sh
+from tests.pulumi_mocks import ROOT
+
+LAB = ROOT.parent / "shared" / "swarm-lab.sh"
+NODES = 3
+DB_NODE = 2  # not node1, the leader: cutting the database node must not also cost the raft leader
+CUT_NODE = 3  # neither the leader nor the database node
+LAB_NET = "192.168.231."
+
+
+def node_ip(k: int) -> str:
+    return f"{LAB_NET}{10 + k}"
+
+
+def node_sock(k: int) -> str:
+    return f"/run/swarm-lab/node{k}.sock"
+
+
+def lab(*args: str, timeout: float = 300) -> str:
+    return sh("bash", str(LAB), *args, timeout=timeout).stdout
+
+
+def dk(k: int, *args: str, check: bool = True, timeout: float = 120) -> str:
+    """docker against node k's engine. With check=False a call that times out (a manager call while raft
+    elects a leader blocks) answers "" like a failed one."""
+    try:
+        return sh("docker", "-H", f"unix://{node_sock(k)}", *args, check=check, timeout=timeout).stdout
+    except subprocess.TimeoutExpired:
+        if check:
+            raise
+        return ""
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout_s: float, every_s: float = 1.0) -> float:
+    """Poll `check` until true; returns the seconds it took. Fails naming `what` after `timeout_s`."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < timeout_s, f"timed out after {timeout_s:.0f} s waiting for {what}"
+        time.sleep(every_s)
+    return time.monotonic() - started
+
+
+def swarm_settled() -> bool:
+    """Every node Ready, every manager Leader or Reachable (after a heal, raft elects again)."""
+    out = dk(1, "node", "ls", "--format", "{{.Status}} {{.ManagerStatus}}", check=False, timeout=20)
+    lines = out.splitlines()
+    return len(lines) == NODES and all(line.split() in (["Ready", "Leader"], ["Ready", "Reachable"])
+                                       for line in lines)
+
+
+def lab_http(method: str, k: int, port: int, path: str, body: object = None,
+             timeout_s: float = 15) -> tuple[int, dict[str, str], bytes]:
+    """One request to node k's published port: (status or 0 on a connection failure, headers, body)."""
+    conn = http.client.HTTPConnection(node_ip(k), port, timeout=timeout_s)
+    try:
+        data = None if body is None else json.dumps(body).encode()
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    except OSError:
+        return 0, {}, b""
+    finally:
+        conn.close()
+
+
+def running_tasks(service: str) -> list[dict[str, Any]]:
+    """Tasks of `service` that run now (node 1 is the manager we ask)."""
+    out = dk(1, "service", "ps", service, "--filter", "desired-state=running", "--format", "{{json .}}",
+             "--no-trunc", check=False)
+    tasks = [json.loads(line) for line in out.splitlines() if line.strip()]
+    return [t for t in tasks if t["CurrentState"].startswith("Running")]
+
+
+def task_images(service: str) -> set[str]:
+    return {t["Image"] for t in running_tasks(service)}
+
+
+class SpreadLoop:
+    """GETs `path` on the given nodes' published `port` in turn until stopped, at most `max_requests` or
+    `max_seconds`. Records failed requests (status not 200) and which task answered (X-Served-By)."""
+
+    def __init__(self, nodes: list[int], port: int, path: str, max_requests: int = 20000,
+                 max_seconds: float = 300, pause_s: float = 0.02) -> None:
+        self.nodes, self.port, self.path = nodes, port, path
+        self.max_requests, self.max_seconds, self.pause_s = max_requests, max_seconds, pause_s
+        self.count = 0
+        self.failures: list[tuple[float, int, int]] = []  # (seconds in, node, status)
+        self.served: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.started = 0.0
+
+    def _run(self) -> None:
+        self.started = time.monotonic()
+        while not self._stop.is_set() and self.count < self.max_requests:
+            if time.monotonic() - self.started > self.max_seconds:
+                break
+            node = self.nodes[self.count % len(self.nodes)]
+            status, headers, _ = lab_http("GET", node, self.port, self.path)
+            self.count += 1
+            if status != 200:
+                self.failures.append((time.monotonic() - self.started, node, status))
+            else:
+                who = headers.get("x-served-by", "?").split(" ")[-1]
+                self.served[who] = self.served.get(who, 0) + 1
+            time.sleep(self.pause_s)
+
+    def __enter__(self) -> SpreadLoop:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def summary(self) -> str:
+        return f"{self.count} requests, {len(self.failures)} failed, answered by {sorted(self.served)}"
+
+
+def build_app_image(tag: str, base_image: str, revision: str) -> str:
+    """The app image under `tag`; `revision` (a label) makes a distinct image ID for an update."""
+    sh("docker", "build", "-q", "--build-arg", f"BASE_IMAGE={base_image}", "--label",
+       f"stock-analyzer.test-revision={revision}", "-t", tag, str(ROOT / "app"), timeout=900)
+    return sh("docker", "image", "inspect", "-f", "{{.Id}}", tag).stdout.strip()
+
+
+def remove_stack_objects(prefix: str) -> None:
+    """Services, secrets, configs, networks and the DB node's volumes of a stack, whatever made them."""
+    for kind in ("service", "secret", "config"):
+        ids = dk(1, kind, "ls", "-q", "--filter", f"name={prefix}_", check=False).split()
+        if ids:
+            dk(1, kind, "rm", *ids, check=False)
+    def gone() -> bool:
+        return not any(dk(k, "ps", "-aq", "--filter", f"name={prefix}_", check=False).split()
+                       for k in range(1, NODES + 1))
+
+    wait_until("the stack's containers to stop", gone, 90)
+
+    def removed(kind: str) -> bool:  # secrets, configs and networks are in use until the tasks are gone
+        ids = dk(1, kind, "ls", "-q", "--filter", f"name={prefix}_", check=False).split()
+        if ids:
+            dk(1, kind, "rm", *ids, check=False)
+        return not dk(1, kind, "ls", "-q", "--filter", f"name={prefix}_", check=False).split()
+
+    for kind in ("secret", "config", "network"):
+        wait_until(f"the stack's {kind}s removed", lambda kind=kind: removed(kind), 60, 1)
+    for k in range(1, NODES + 1):
+        vols = dk(k, "volume", "ls", "-q", "--filter", f"name={prefix}_", check=False).split()
+        if vols:
+            dk(k, "volume", "rm", "-f", *vols, check=False)
+
+
+def lab_images(images: list[str]) -> None:
+    lab("load", *images, timeout=900)
+
+
+def project_with(stack: str, overrides: dict[str, str], tmp: Path) -> Path:
+    """A copy of the project's stack files with `overrides` in Pulumi.<stack>.yaml (for the export)."""
+    import yaml
+
+    (tmp / "app").symlink_to(ROOT / "app")
+    for name in ("Pulumi.yaml",):
+        (tmp / name).write_text((ROOT / name).read_text())
+    doc = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())
+    doc["config"].update({f"stock-analyzer:{k}": v for k, v in overrides.items()})
+    (tmp / f"Pulumi.{stack}.yaml").write_text(yaml.safe_dump(doc))
+    return tmp

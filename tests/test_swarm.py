@@ -1,0 +1,238 @@
+"""The swarm target without an engine: its settings, the model, the stack-file export, the Pulumi program
+under mocks, and that the two outputs agree."""
+
+from __future__ import annotations
+
+import base64
+import re
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from components import compose
+from components.compose_swarm import stack_document
+from components.settings import ConfigError, load_settings
+from components.stack_file import read_stack_file, settings_from_file
+from components.swarm import app_role_for_version
+from components.swarm_model import (
+    APP_CREDENTIALS_SECRET,
+    content_name,
+    next_app_role,
+    swarm_model,
+)
+from tests.docker.pulumi_swarm_apply import SCHEMA, _check, service_spec
+from tests.pulumi_mocks import committed_config, is_secret, plain, run_program
+
+SWARM_RAW = read_stack_file("swarm")
+
+
+def _settings(**overrides: str) -> Any:
+    return load_settings({**SWARM_RAW, **overrides}, "swarm")
+
+
+@pytest.mark.parametrize(("key", "value", "allowed"), [
+    ("target", "kubernetes", "one of single, swarm"),
+    ("swarmEndpointMode", "ingress", "one of vip, dnsrr"),
+    ("apiReplicas", "0", "an integer from 1 to 10"),
+    ("apiReplicas", "11", "an integer from 1 to 10"),
+    ("swarmDbNodeLabel", "Bad Label", "a node label name"),
+    ("swarmDbNodeLabel", "db-", "a node label name"),
+    ("proxyImage", "haproxy:latest", "pinned by tag or digest"),
+    ("appImageTag", "v1 ", "an image tag"),
+    ("swarmEncryptOverlay", "yes", "true or false"),
+])
+def test_bad_swarm_values_fail_naming_key_value_and_what_is_allowed(key: str, value: str, allowed: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        _settings(**{key: value})
+    assert f"'stock-analyzer:{key}'" in str(err.value) and repr(value) in str(err.value)
+    assert allowed in str(err.value)
+
+
+def test_single_host_stacks_have_no_swarm_settings() -> None:
+    s = settings_from_file("dev")
+    assert s.target == "single" and s.swarm is None
+    with pytest.raises(ValueError, match="not swarm"):
+        swarm_model(s)
+
+
+def test_the_database_its_job_and_backups_are_pinned_and_never_overlap() -> None:
+    m = swarm_model(_settings())
+    for name in ("postgres", "db-provision", "db-backup"):
+        svc = m.service(name)
+        assert svc.constraints == ("node.labels.stock-analyzer-db==true",), name
+        assert svc.update.order == "stop-first" and svc.replicas == 1, name
+    assert m.retire.constraints == m.service("postgres").constraints
+    pg = m.service("postgres")
+    assert pg.stop_grace_s == 60 and pg.stop_signal == "SIGINT"
+    assert [mt.source for mt in pg.mounts if mt.type == "volume"] == ["postgres_data"]
+
+
+def test_app_services_roll_start_first_gated_by_health_and_read_their_login_from_a_secret() -> None:
+    s = _settings(apiReplicas="3")
+    m = swarm_model(s)
+    for name in ("api", "frontend", "admin"):
+        svc = m.service(name)
+        assert svc.update.order == "start-first" and svc.update.failure_action == "rollback"
+        assert svc.healthcheck is not None and not svc.constraints
+        assert all(mt.source != "app_credentials" for mt in svc.mounts), "volumes are node-local"
+        assert svc.stop_grace_s > 0, "the provider would send 0 for an unset grace period"
+        assert svc.memory_limit_mb and svc.memory_reservation_mb == svc.memory_limit_mb // 2
+    assert m.service("api").replicas == 3
+    for name in ("api", "admin"):
+        env = dict(m.service(name).env)
+        assert env["DB_CREDENTIALS_FILE"] == f"/run/secrets/{APP_CREDENTIALS_SECRET}"
+        assert [r.source for r in m.service(name).secrets if r.source == APP_CREDENTIALS_SECRET]
+    assert not [r for r in m.service("frontend").secrets if r.source == APP_CREDENTIALS_SECRET]
+    assert "BACKUP_STATUS_FILE" not in dict(m.service("admin").env)
+
+
+def test_endpoint_modes_publish_through_the_proxy_or_the_routing_mesh() -> None:
+    dnsrr = swarm_model(_settings(swarmEndpointMode="dnsrr"))
+    proxy = dnsrr.service("proxy")
+    assert proxy.global_mode and {(p.published, p.mode) for p in proxy.ports} == {(5000, "host"), (8000, "host")}
+    assert proxy.networks == (("frontend", ()),), "the edge never joins the backend"
+    assert not dnsrr.service("api").ports
+    vip = swarm_model(_settings(swarmEndpointMode="vip"))
+    assert "proxy" not in {svc.name for svc in vip.services}
+    assert [(p.published, p.mode) for p in vip.service("api").ports] == [(5000, "ingress")]
+    assert not vip.service("admin").ports, "the admin UI is never published on a swarm"
+
+
+def test_content_names_change_with_content_and_fit_swarm_limits() -> None:
+    a, b = content_name("p", "x", "one"), content_name("p", "x", "two")
+    assert a != b and a == content_name("p", "x", "one")
+    long = content_name("stock-analyzer-" + "s" * 60, "postgres_bootstrap_password", "v")
+    assert len(long) <= 64 and re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*[a-zA-Z0-9]", long)
+
+
+def test_the_app_moves_to_the_other_role_on_each_new_password() -> None:
+    assert next_app_role("app", "p1", None) == "app"
+    assert next_app_role("app", "p1", "app\np1\n") == "app"
+    assert next_app_role("app", "p2", "app\np1\n") == "app_b"
+    assert next_app_role("app", "p3", "app_b\np2\n") == "app"
+    assert next_app_role("app", "p1", "someone_else\np1\n") == "app"
+    assert [app_role_for_version("app", v) for v in (1, 2, 3)] == ["app", "app_b", "app"]
+
+
+def test_the_stack_file_holds_no_single_host_keys_and_names_objects_by_content(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    compose.export("swarm", out, target="swarm")
+    doc = yaml.safe_load((out / "compose.yaml").read_text())
+    for name, svc in doc["services"].items():
+        assert not {"container_name", "depends_on", "restart", "security_opt", "build", "tmpfs"} & set(svc), name
+        assert svc["cap_drop"] == ["ALL"] and svc["read_only"] is True, name
+    creds = out / "secrets" / APP_CREDENTIALS_SECRET
+    assert stat.S_IMODE(creds.stat().st_mode) == 0o400
+    role, password = creds.read_text().splitlines()
+    assert role == "stock_app" and password == (out / "secrets" / "app_db_password").read_text()
+    for logical, secret in doc["secrets"].items():
+        assert secret["name"] == content_name("stock-analyzer-swarm", logical, (out / secret["file"]).read_text())
+    for logical, config in doc["configs"].items():
+        assert (out / config["file"]).is_file(), logical
+    before = doc["secrets"][APP_CREDENTIALS_SECRET]["name"]
+    # Unchanged on a second export; a rotation is a new object and the other role.
+    compose.export("swarm", out, target="swarm")
+    assert yaml.safe_load((out / "compose.yaml").read_text())["secrets"][APP_CREDENTIALS_SECRET]["name"] == before
+    compose.rotate(out, "app_db_password")
+    compose.export("swarm", out, target="swarm")
+    after = yaml.safe_load((out / "compose.yaml").read_text())["secrets"][APP_CREDENTIALS_SECRET]["name"]
+    assert after != before and creds.read_text().splitlines()[0] == "stock_app_b"
+
+
+def test_the_export_refuses_a_target_the_stack_does_not_have(tmp_path: Path) -> None:
+    with pytest.raises(compose.ExportError, match="stack dev has target single"):
+        compose.export("dev", tmp_path / "out", target="swarm")
+    assert compose.main(["--stack", "dev", "--out", str(tmp_path / "o"), "--target", "swarm"]) == 1
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture(scope="module")
+def recording() -> Any:
+    return run_program("swarm")
+
+
+def test_the_program_deploys_services_not_containers(recording: Any) -> None:
+    types = {r.type for r in recording.resources if r.custom}
+    assert types == {"random:index/randomPassword:RandomPassword", "docker:index/network:Network",
+                     "docker:index/secret:Secret", "docker:index/serviceConfig:ServiceConfig",
+                     "docker:index/service:Service"}
+    for net in recording.of_type("docker:index/network:Network"):
+        assert plain(net.inputs)["driver"] == "overlay"
+
+
+def _services(rec: Any) -> dict[str, Any]:
+    return {plain(r.inputs)["name"].split("_", 1)[1]: r for r in rec.of_type("docker:index/service:Service")}
+
+
+def test_services_wait_for_each_other_in_order(recording: Any) -> None:
+    svcs = _services(recording)
+    urn = {name: r.urn for name, r in svcs.items()}
+
+    def after(later: str, earlier: str) -> bool:
+        return urn[earlier] in svcs[later].dependencies
+
+    assert after("db-provision", "postgres")
+    for app in ("api", "frontend", "admin", "db-backup"):
+        assert after(app, "db-provision") and after(app, "postgres"), app
+    for app in ("api", "frontend", "admin"):
+        assert after("db-retire", app) and after("proxy", app)
+    for name, r in svcs.items():
+        assert r.delete_before_replace, name
+        converge = plain(r.inputs).get("convergeConfig")
+        assert (converge is None) == (name == "proxy"), name
+
+
+def test_secrets_travel_as_secrets_and_are_named_by_content(recording: Any) -> None:
+    for r in recording.of_type("docker:index/secret:Secret"):
+        assert is_secret(r.inputs["data"]), r.name
+        assert not is_secret(r.inputs["name"]), r.name
+        value = base64.b64decode(plain(r.inputs["data"])).decode()
+        logical = r.name.removeprefix("files-").replace("-", "_")
+        assert plain(r.inputs["name"]) == content_name("stock-analyzer-swarm", logical, value)
+    creds = recording.named("files-app-credentials")
+    assert base64.b64decode(plain(creds.inputs["data"])).decode().splitlines()[0] == "stock_app"
+
+
+def test_a_rotation_changes_exactly_the_app_secret_and_moves_to_the_other_role() -> None:
+    before = run_program("swarm")
+    cfg = committed_config("swarm")
+    cfg["stock-analyzer:appDbPasswordVersion"] = "2"
+    after = run_program("swarm", cfg)
+    secrets_before = {r.name: plain(r.inputs) for r in before.of_type("docker:index/secret:Secret")}
+    changed = {r.name for r in after.of_type("docker:index/secret:Secret") if plain(r.inputs) != secrets_before[r.name]}
+    assert changed == {"files-app-credentials", "files-app-db-password"}
+    data = plain(after.named("files-app-credentials").inputs["data"])
+    assert base64.b64decode(data).decode().splitlines()[0] == "stock_app_b"
+
+
+def test_the_program_and_the_stack_file_deploy_the_same_services(recording: Any, tmp_path: Path) -> None:
+    s = settings_from_file("swarm")
+    doc = stack_document(s, {name: "x" for name in swarm_model(s).secrets})
+    svcs = _services(recording)
+    assert set(doc["services"]) | {"db-retire"} == set(svcs)
+    for name, svc in doc["services"].items():
+        spec = service_spec(plain(svcs[name].inputs))
+        cs = spec["TaskTemplate"]["ContainerSpec"]
+        assert cs["Image"] == svc["image"], name
+        assert dict(e.split("=", 1) for e in cs["Env"]) == svc["environment"], name
+        assert cs.get("Command") == svc.get("entrypoint") and cs.get("Args") == svc.get("command"), name
+        assert [s_["File"]["Name"] for s_ in cs["Secrets"]] == [x["target"] for x in svc.get("secrets", [])], name
+        assert [c["File"]["Name"] for c in cs["Configs"]] == [x["target"] for x in svc.get("configs", [])], name
+        assert spec["Mode"] == ({"Global": {}} if svc["deploy"]["mode"] == "global"
+                                else {"Replicated": {"Replicas": svc["deploy"]["replicas"]}}), name
+        assert spec["EndpointSpec"]["Mode"] == svc["deploy"]["endpoint_mode"], name
+        assert spec["UpdateConfig"]["Order"] == svc["deploy"]["update_config"]["order"], name
+        assert cs["StopGracePeriod"] == int(svc["stop_grace_period"].rstrip("s")) * 10**9, name
+        assert (spec["TaskTemplate"].get("Placement", {}).get("Constraints", [])
+                == svc["deploy"].get("placement", {}).get("constraints", [])), name
+
+
+def test_the_harness_refuses_inputs_it_does_not_know(recording: Any) -> None:
+    svc = plain(recording.of_type("docker:index/service:Service")[0].inputs)
+    _check(svc, SCHEMA["docker:index/service:Service"], "svc")
+    svc["taskSpec"]["containerSpec"]["privileges"] = {}
+    with pytest.raises(AssertionError, match="privileges"):
+        _check(svc, SCHEMA["docker:index/service:Service"], "svc")
