@@ -67,6 +67,16 @@ print(settings_from_file(sys.argv[1]).target)' "$stack")
     docker stack deploy --detach=false --resolve-image "${SWARM_RESOLVE_IMAGE:-always}" \
       -c "$out/compose.yaml" "stock-analyzer-$stack"
     docker service update --force --detach=false "stock-analyzer-${stack}_db-provision" >/dev/null
+    # Secrets and configs a change replaced (they are named by content): the engine refuses to remove one
+    # that a task still uses, so only the unused go; a later run removes the rest.
+    keep=$(awk '$1 == "name:" {print $2}' "$out/compose.yaml")
+    for kind in secret config; do
+      for name in $(docker "$kind" ls --format '{{.Name}}' --filter "name=stock-analyzer-${stack}_"); do
+        if ! grep -qxF "$name" <<<"$keep"; then
+          docker "$kind" rm "$name" >/dev/null 2>&1 && say "removed the replaced $kind $name" || true
+        fi
+      done
+    done
     say "state: the swarm (docker stack services stock-analyzer-$stack); the database volume on the labelled node"
     say "secrets: $out/secrets/ (0700; generated once, never printed), in the swarm as content-named secrets"
     exit 0

@@ -119,7 +119,10 @@ def compose_document(s: StackSettings, app_context: Path = APP_CONTEXT,
         build["secrets"] = ["ca"]
     services: dict[str, Any] = {
         "postgres": _service(s.postgres, s, s.postgres_image, None, {}),
-        "db-provision": _service(s.provision, s, s.postgres_image, None, healthy_db),
+        # Started with the server: the job itself waits until the server accepts connections (the probe
+        # of its healthcheck; provision/provision.sh), which spares compose's half-second health polling.
+        "db-provision": _service(s.provision, s, s.postgres_image, None,
+                                 {"postgres": {"condition": "service_started"}}),
     }
     # One build for the three services: only the first carries `build`; the others run the image it tags.
     # Three builds of one tag leave containers labelled with images the tag no longer names, and the next

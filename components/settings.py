@@ -50,6 +50,7 @@ DB_ALIAS = "postgres"
 PROVISION_MEMORY_MB = 128
 # Healthchecks probe this often during their start period only (Docker's start_interval).
 START_INTERVAL_MS = 200
+POSTGRES_START_PERIOD_S = 60
 BACKUP_MEMORY_MB = 256
 # The app's database credential (user and password, one file) lives in a volume that the provisioning
 # job writes and the app reads on every connection: rotating it needs no app restart.
@@ -631,7 +632,8 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         # socket only, so it never counts as healthy.
         healthcheck=Healthcheck(
             test=("CMD", "pg_isready", "-h", "127.0.0.1", "-p", str(POSTGRES_PORT), "-U", superuser, "-d", db_name),
-            interval_s=10, timeout_s=5, retries=5, start_period_s=60, start_interval_ms=START_INTERVAL_MS,
+            interval_s=10, timeout_s=5, retries=5, start_period_s=POSTGRES_START_PERIOD_S,
+            start_interval_ms=START_INTERVAL_MS,
         ),
         memory_mb=memory["postgres"],
         restart=restart,
@@ -666,6 +668,8 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
             "POSTGRES_BOOTSTRAP_PASSWORD_FILE": SECRET_POSTGRES_BOOTSTRAP.path,
             "POSTGRES_PASSWORD_FILE": SECRET_POSTGRES.path,
             "PROVISION_STATE_DIR": PROVISION_STATE_DIR,
+            # As long as the server's healthcheck allows it to start (its start period).
+            "PROVISION_WAIT_S": str(POSTGRES_START_PERIOD_S),
             "BACKUP_DIR": BACKUP_DIR,
             "BACKUP_UID": str(POSTGRES_UID),
         }.items())),

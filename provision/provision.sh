@@ -1,7 +1,7 @@
 #!/bin/sh
 # db-provision: the one-shot job that owns the database's roles, grants and schema.
 #
-# It runs in the Postgres image (root, every capability but CHOWN dropped) after the server is healthy
+# It runs in the Postgres image (root, every capability but CHOWN dropped) once the server accepts connections
 # and before any app container starts, and again whenever a password it carries changes. Idempotent,
 # and safe to stop at any point: every step below leaves a state the next run completes.
 #
@@ -77,13 +77,16 @@ login_with() {  # $1 password file; 0 when the superuser logs in with it
   die "cannot reach the database as $PGUSER"
 }
 
-# On a Swarm cluster nothing orders this job after the server: wait for it (bounded) instead of failing.
+# The job starts with the server and waits (bounded) until it accepts connections over the network: the
+# probe of the server's own healthcheck, TCP (the temporary server that initialises a new data directory
+# listens on its socket only, so it never counts). Compose starts the job as soon as the server started,
+# which saves its half-second polling of the server's health; on a swarm nothing orders them at all.
 if [ -n "${PROVISION_WAIT_S:-}" ]; then
-  i=0
+  deadline=$(( $(date +%s) + PROVISION_WAIT_S ))
   until pg_isready -q -t 2 >/dev/null 2>&1; do
-    i=$((i + 1))
-    [ "$i" -lt "$PROVISION_WAIT_S" ] || die "the database at $PGHOST:$PGPORT did not accept connections within ${PROVISION_WAIT_S}s"
-    sleep 1
+    [ "$(date +%s)" -lt "$deadline" ] \
+      || die "the database at $PGHOST:$PGPORT did not accept connections within ${PROVISION_WAIT_S}s"
+    sleep 0.1
   done
 fi
 

@@ -72,6 +72,13 @@ def test_dependencies_and_database_port() -> None:
             deps = doc["services"][svc]["depends_on"]
             assert deps["postgres"] == {"condition": "service_healthy"}
             assert deps["db-provision"] == {"condition": "service_completed_successfully"}
+        # The job starts with the server and waits for it itself, at least as long as the server's own
+        # healthcheck lets it start, with the healthcheck's probe (TCP, so never the init-time server).
+        job = doc["services"]["db-provision"]
+        assert job["depends_on"] == {"postgres": {"condition": "service_started"}}
+        start_period = int(doc["services"]["postgres"]["healthcheck"]["start_period"].rstrip("s"))
+        assert int(job["environment"]["PROVISION_WAIT_S"]) >= start_period
+        assert doc["services"]["postgres"]["healthcheck"]["test"][1:4] == ["pg_isready", "-h", "127.0.0.1"]
         # One build (issue #8): three builds of one tag leave containers labelled with stale image IDs,
         # and the next `up -d` recreates them.
         built = [name for name, svc in doc["services"].items() if "build" in svc]

@@ -161,7 +161,8 @@ def backup(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
     c = _backup_container(s, engine)
     progress = Progress(1)
     with progress.step(f"pg_dump of {s.db_name}, checked, then kept as a backup"):
-        code, out = engine.sh(c, f"sh {BACKUP_SCRIPT} now", user="", check=False)
+        # The ID is on stdout; log lines (a pruned backup, say) go to stderr and may arrive after it.
+        code, out = engine.sh(c, f"sh {BACKUP_SCRIPT} now", user="", check=False, stdout_only=True)
         if code != 0:
             raise OpsError(f"backup failed, nothing kept: {out.strip().splitlines()[-1] if out.strip() else code}")
     print(out.strip().splitlines()[-1])

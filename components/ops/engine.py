@@ -147,12 +147,22 @@ class Engine:
         raise OpsError(f"{container.name} not ready within {timeout_s:.0f} s")
 
     def sh(self, container: Container, script: str, env: Mapping[str, str] | None = None, user: str = "postgres",
-           check: bool = True) -> tuple[int, str]:
-        """bash -c in a running container; env travels with this exec only (not in `docker inspect`)."""
+           check: bool = True, stdout_only: bool = False) -> tuple[int, str]:
+        """bash -c in a running container; env travels with this exec only (not in `docker inspect`).
+
+        Returns stdout and stderr together, in the order the engine read them, which across the two
+        streams is not the order they were written; `stdout_only` when the answer is on stdout (a failure
+        still reports stderr)."""
         code, out = container.exec_run(["bash", "-o", "pipefail", "-c", script], environment=dict(env or {}),
-                                       user=user, demux=False)
-        text = out.decode(errors="replace") if isinstance(out, bytes) else ""
+                                       user=user, demux=stdout_only)
         status = -1 if code is None else int(code)
+        if stdout_only:
+            stdout, stderr = out if isinstance(out, tuple) else (None, None)
+            text = (stdout or b"").decode(errors="replace")
+            if status != 0:
+                text += (stderr or b"").decode(errors="replace")
+        else:
+            text = out.decode(errors="replace") if isinstance(out, bytes) else ""
         if check and status != 0:
             raise OpsError(f"{script.split()[0]} in {container.name} exited with {status}: {_tail(text)}")
         return status, text

@@ -212,21 +212,41 @@ def service_spec(i: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def _down_nodes(applied: SwarmApplied) -> set[str]:
-    _, nodes = applied.api("GET", "/nodes")
-    return {n["ID"] for n in nodes if n["Status"]["State"] == "down"}
+# The provider's ordering of task states (numberedStates); 0 (unknown) tasks are skipped.
+NUMBERED = {"new": 1, "allocated": 2, "pending": 3, "assigned": 4, "accepted": 5, "preparing": 6, "ready": 7,
+            "starting": 8, "running": 9, "complete": 10, "shutdown": 11, "failed": 12, "rejected": 13}
 
 
-def _running_slots(applied: SwarmApplied, sid: str) -> int:
+def _converged(applied: SwarmApplied, sid: str, replicas: int) -> bool:
+    """replicatedConsoleLogUpdater.update: one task per slot (the lowest desired, then the lowest observed
+    state: during a start-first update the new, still starting task stands for its slot), on active nodes;
+    converged when exactly `replicas` of them run."""
     filters = urllib.parse.quote(json.dumps({"service": [sid], "desired-state": ["running"]}))
     _, tasks = applied.api("GET", f"/tasks?filters={filters}")
-    down = _down_nodes(applied)
-    slots = {t.get("Slot") or t["NodeID"] for t in tasks
-             if t["Status"]["State"] == "running" and t.get("NodeID") not in down}
-    return len(slots)
+    _, nodes = applied.api("GET", "/nodes")
+    active = {n["ID"] for n in nodes if n["Status"]["State"] != "down"}
+    by_slot: dict[int, dict[str, Any]] = {}
+    for task in tasks:
+        desired, observed = NUMBERED.get(task["DesiredState"], 0), NUMBERED.get(task["Status"]["State"], 0)
+        if not desired or not observed:
+            continue
+        slot = task.get("Slot", 0)
+        if slot in by_slot:
+            e_desired = NUMBERED[by_slot[slot]["DesiredState"]]
+            e_observed = NUMBERED[by_slot[slot]["Status"]["State"]]
+            if e_desired < desired or (e_desired == desired and e_observed <= observed):
+                continue
+        if task.get("NodeID") and task["NodeID"] not in active:
+            continue
+        by_slot[slot] = task
+    running = sum(1 for task in by_slot.values()
+                  if NUMBERED[task["DesiredState"]] <= NUMBERED["running"] and task["Status"]["State"] == "running")
+    return running == replicas
 
 
 def converge(applied: SwarmApplied, name: str, i: dict[str, Any], sid: str, creating: bool) -> None:
+    """The provider's create/update refresh under retry.StateChangeConf: the first look after the delay
+    (create: convergeConfig.delay; update: 7 s), then after 5 s, then every 10 s, until the timeout."""
     cc = i.get("convergeConfig")
     if not cc:
         return
@@ -234,19 +254,29 @@ def converge(applied: SwarmApplied, name: str, i: dict[str, Any], sid: str, crea
     started = time.monotonic()
     deadline = started + _ns(cc.get("timeout", "3m")) / 1e9
     time.sleep(_ns(cc.get("delay", "7s")) / 1e9 if creating else 7.0)
+    wait = CONVERGE_POLL_S
     while True:
-        _, svc = applied.api("GET", f"/services/{sid}")
-        state = (svc.get("UpdateStatus") or {}).get("State", "")
-        assert state not in ("rollback_completed", "paused", "rollback_paused"), (
-            f"service {i['name']} update {state}: {(svc.get('UpdateStatus') or {}).get('Message')}")
-        if (not creating and state == "completed") or _running_slots(applied, sid) >= replicas:
+        rollback = False
+        if not creating:
+            _, svc = applied.api("GET", f"/services/{sid}")
+            status = svc.get("UpdateStatus") or {}
+            state = status.get("State", "")
+            if state == "completed":
+                break
+            messages = {"rollback_completed": "service rollback completed", "paused": "service update paused",
+                        "rollback_paused": "service rollback paused"}
+            assert state not in messages, f"{messages.get(state)}: {status.get('Message')}"
+            rollback = state == "rollback_started"
+        if _converged(applied, sid, replicas):
+            assert not rollback, f"service rollback completed: {i['name']}"
             break
-        if time.monotonic() > deadline:
+        if time.monotonic() + wait > deadline:
             if creating:
                 applied.api("DELETE", f"/services/{sid}")
                 applied.services.pop(name, None)
             raise AssertionError(f"Service with ID ({sid}) did not converge after {cc.get('timeout', '3m')}")
-        time.sleep(CONVERGE_POLL_S)
+        time.sleep(wait)
+        wait = min(wait * 2, 10.0)
     applied.timings[i["name"]] = time.monotonic() - started
 
 

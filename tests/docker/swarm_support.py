@@ -5,6 +5,7 @@ Traffic goes only to the lab's own node addresses (192.168.231.11..), each bound
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import subprocess
@@ -159,7 +160,7 @@ def remove_stack_objects(prefix: str) -> None:
         return not dk(1, kind, "ls", "-q", "--filter", f"name={prefix}_", check=False).split()
 
     for kind in ("secret", "config", "network"):
-        wait_until(f"the stack's {kind}s removed", lambda kind=kind: removed(kind), 60, 1)
+        wait_until(f"the stack's {kind}s removed", functools.partial(removed, kind), 60, 1)
     for k in range(1, NODES + 1):
         vols = dk(k, "volume", "ls", "-q", "--filter", f"name={prefix}_", check=False).split()
         if vols:

@@ -5,6 +5,7 @@ captured output of a failure) and quoted in docs/swarm.md."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import time
@@ -60,8 +61,12 @@ def swarm_lab(settings: StackSettings, base_images: dict[str, str]) -> Iterator[
         base = settings.python_base_image
         build_app_image(settings.app_image, base, "1")
         build_app_image(f"{settings.app_image}-v2", base, "2")
+        # A release that cannot start, as a packaging mistake would: its package is not on the path (the
+        # working directory neither, with PYTHONSAFEPATH), so every server exits at once.
+        sh("docker", "build", "-q", "-t", f"{settings.app_image}-broken", "-", timeout=300,
+           input=f"FROM {settings.app_image}-v2\nENV PYTHONPATH=/nonexistent PYTHONSAFEPATH=1\n")
         lab_images([settings.postgres_image, settings.swarm.proxy_image,  # type: ignore[union-attr]
-                    settings.app_image, f"{settings.app_image}-v2"])
+                    settings.app_image, f"{settings.app_image}-v2", f"{settings.app_image}-broken"])
         node = dk(1, "node", "ls", "--filter", f"name=node{DB_NODE}", "-q").strip()
         dk(1, "node", "update", "--label-add", f"{settings.swarm.db_node_label}=true", node)  # type: ignore[union-attr]
         yield
@@ -100,6 +105,10 @@ def _psql(settings: StackSettings, user: str, password: str) -> int:
     return result.returncode
 
 
+def _runs(service: str, replicas: int) -> bool:
+    return len(running_tasks(service)) == replicas
+
+
 def _rows(symbol: str) -> int:
     status, _, body = lab_http("GET", 1, API_PORT, f"/prices?symbol={symbol}&limit=1000")
     assert status == 200, status
@@ -115,8 +124,9 @@ def test_every_service_converges_and_the_api_answers_from_several_tasks(
     for name, replicas in (("postgres", 1), ("db-provision", 1), ("db-retire", 1), ("db-backup", 1),
                            *sw.replicas.items(), ("proxy", NODES)):
         # The proxy is global: the provider cannot converge it, so `pulumi up` may return before it runs.
-        wait_until(f"{name}: {replicas} running", lambda n=name, r=replicas: len(running_tasks(_service(settings, n)))
-                   == r, 60 if name == "proxy" else 1)
+        service, count = _service(settings, name), replicas
+        wait_until(f"{name}: {replicas} running", functools.partial(_runs, service, count),
+                   60 if name == "proxy" else 1)
     (pg,) = running_tasks(_service(settings, "postgres"))
     assert pg["Node"] == f"node{DB_NODE}", "the database runs on the labelled node"
     with SpreadLoop(list(range(1, NODES + 1)), API_PORT, "/health", max_requests=60, max_seconds=30) as loop:
@@ -131,11 +141,8 @@ def test_every_service_converges_and_the_api_answers_from_several_tasks(
 def test_the_proxy_hop_costs_little(deployed: tuple[SwarmApplied, Recording], settings: StackSettings) -> None:
     """Requests per second from one client on the frontend network: straight to one API task, and through
     the proxy (one more hop). Printed for docs/swarm.md; asserted only loosely (one run, shared cores)."""
-    (front,) = [t for t in running_tasks(_service(settings, "frontend")) if t["Node"] == "node1"][:1] or [None]
-    node = 1
-    if front is None:
-        front = running_tasks(_service(settings, "frontend"))[0]
-        node = int(front["Node"].removeprefix("node"))
+    front = running_tasks(_service(settings, "frontend"))[0]
+    node = int(front["Node"].removeprefix("node"))
     cid = dk(node, "ps", "-q", "--filter", f"name={front['Name']}.").split()[0]
     task_ip = dk(node, "exec", cid, "python", "-c",
                  "import socket; print(socket.gethostbyname('tasks.api'))").strip()
@@ -197,6 +204,28 @@ def test_app_role_rotation_fails_no_request_and_retires_the_old_password(
                f"name={settings.prefix}_app_credentials").split()
     assert len(names) == 1, names
     rec.resources[:] = after.resources
+
+
+def test_a_release_that_cannot_start_is_rolled_back_and_fails_no_request(
+        deployed: tuple[SwarmApplied, Recording], settings: StackSettings) -> None:
+    """Fault injection: `pulumi up` to a build whose servers exit. The first new API task never turns
+    healthy, Swarm rolls the service back, the update fails with the provider's message, and the old
+    tasks (started first, kept until a new one is healthy) answer throughout."""
+    applied, _ = deployed
+    api = _service(settings, "api")
+    bad = run_program(STACK, _config(appImageTag=f"{STACK}-broken", appDbPasswordVersion="2"))
+    with SpreadLoop([1, 2, 3], API_PORT, "/prices?symbol=SWRM") as loop:
+        started = time.monotonic()
+        with pytest.raises(AssertionError, match=r"service rollback completed|service update paused") as err:
+            update(applied, bad)
+        FIGURES["failed release: update failed after (s)"] = round(time.monotonic() - started, 1)
+    print("failed release:", str(err.value).splitlines()[0], loop.summary())
+    FIGURES["failed release requests/failed"] = (loop.count, len(loop.failures))
+    assert not loop.failures, loop.failures[:10]
+    wait_until("api back on the previous build", lambda: task_images(api) == {f"{settings.app_image}-v2"}, 120)
+    assert len(running_tasks(api)) == 3
+    frontend = _service(settings, "frontend")
+    assert task_images(frontend) == {f"{settings.app_image}-v2"}, "the update stopped at the first failure"
 
 
 def test_a_failed_node_loses_its_api_tasks_to_the_others(
@@ -280,6 +309,9 @@ def test_deploy_script_brings_the_stack_file_up_with_docker_stack_deploy(
         assert _psql(settings, role, new_pw) == 0
         assert _psql(settings, settings.db_app_user, old_pw) != 0, "the old password is refused"
         assert _rows("STCK") == 1
+        names = dk(1, "secret", "ls", "--format", "{{.Name}}", "--filter",
+                   f"name={settings.prefix}_app_credentials").split()
+        assert len(names) == 1, f"the replaced app secret is removed: {names}"
     finally:
         dk(1, "stack", "rm", settings.prefix, check=False)
         remove_stack_objects(settings.prefix)
