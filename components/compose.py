@@ -29,7 +29,6 @@ from components.settings import (
     USER_SECRETS,
     ConfigError,
     ContainerSpec,
-    Healthcheck,
     SecretSpec,
     StackSettings,
     password_problem,
@@ -48,17 +47,6 @@ def _duration(seconds: int) -> str:
     return f"{seconds}s"
 
 
-def _healthcheck(hc: Healthcheck) -> dict[str, Any]:
-    return {
-        "test": list(hc.test),
-        "interval": _duration(hc.interval_s),
-        "timeout": _duration(hc.timeout_s),
-        "retries": hc.retries,
-        "start_period": _duration(hc.start_period_s),
-        "start_interval": f"{hc.start_interval_ms}ms",
-    }
-
-
 def _config_name(path: str) -> str:
     return path.strip("/").replace("/", "_").replace(".", "_")
 
@@ -69,13 +57,7 @@ def _service(spec: ContainerSpec, s: StackSettings, image: str, build: dict[str,
     if build:
         svc["build"] = build
     svc["container_name"] = spec.container_name
-    if spec.entrypoint is not None:
-        svc["entrypoint"] = list(spec.entrypoint)
-    if spec.command:
-        svc["command"] = list(spec.command)
-    if spec.user:
-        svc["user"] = spec.user
-    svc["environment"] = dict(spec.env)
+    svc.update(compose_swarm.process_fields(spec.entrypoint, spec.command, spec.user, spec.env))
     if spec.secrets:
         svc["secrets"] = [m.secret.name for m in spec.secrets]
     if spec.uploads:
@@ -87,7 +69,7 @@ def _service(spec: ContainerSpec, s: StackSettings, image: str, build: dict[str,
         svc["ports"] = [f"{p.host_ip}:{p.host_port}:{p.container_port}" for p in spec.ports]
     svc["networks"] = {net: {"aliases": list(spec.aliases)} if spec.aliases else {} for net in spec.networks}
     if spec.healthcheck:
-        svc["healthcheck"] = _healthcheck(spec.healthcheck)
+        svc["healthcheck"] = compose_swarm.compose_healthcheck(spec.healthcheck)
     if depends_on:
         svc["depends_on"] = depends_on
     svc["restart"] = f"on-failure:{spec.max_retries}" if spec.max_retries else spec.restart
@@ -367,7 +349,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if args.rotate:
-        print(f"rotated {args.rotate}; apply with: docker compose -f {args.out / 'compose.yaml'} up -d")
+        if settings_from_file(args.stack).target == "swarm":
+            print(f"rotated {args.rotate}; apply with: ./deploy.sh {args.stack} (docs/swarm.md: rotation)")
+        else:
+            print(f"rotated {args.rotate}; apply with: docker compose -f {args.out / 'compose.yaml'} up -d")
         return 0
     print(f"wrote {args.out / 'compose.yaml'}" + (f"; generated secrets: {', '.join(created)}" if created else ""))
     return 0

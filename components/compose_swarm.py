@@ -18,21 +18,29 @@ def _duration(seconds: int) -> str:
     return f"{seconds}s"
 
 
-def _healthcheck(hc: Healthcheck) -> dict[str, Any]:
+def compose_healthcheck(hc: Healthcheck) -> dict[str, Any]:
+    """A healthcheck as compose and stack files spell it (both exports use this)."""
     return {"test": list(hc.test), "interval": _duration(hc.interval_s), "timeout": _duration(hc.timeout_s),
             "retries": hc.retries, "start_period": _duration(hc.start_period_s),
             "start_interval": f"{hc.start_interval_ms}ms"}
 
 
+def process_fields(entrypoint: tuple[str, ...] | None, command: tuple[str, ...], user: str | None,
+                   env: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    """What runs and as whom, as compose and stack files spell it (both exports use this)."""
+    out: dict[str, Any] = {}
+    if entrypoint is not None:
+        out["entrypoint"] = list(entrypoint)
+    if command:
+        out["command"] = list(command)
+    if user:
+        out["user"] = user
+    out["environment"] = dict(env)
+    return out
+
+
 def _service(svc: ServiceSpec, log_opts: dict[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {"image": svc.image}
-    if svc.entrypoint is not None:
-        out["entrypoint"] = list(svc.entrypoint)
-    if svc.command:
-        out["command"] = list(svc.command)
-    if svc.user:
-        out["user"] = svc.user
-    out["environment"] = dict(svc.env)
+    out: dict[str, Any] = {"image": svc.image, **process_fields(svc.entrypoint, svc.command, svc.user, svc.env)}
     if svc.secrets:
         out["secrets"] = [{"source": r.source, "target": r.target, "uid": str(r.uid), "gid": str(r.gid),
                            "mode": r.mode} for r in svc.secrets]
@@ -53,7 +61,7 @@ def _service(svc: ServiceSpec, log_opts: dict[str, str]) -> dict[str, Any]:
                         for p in svc.ports]
     out["networks"] = {net: {"aliases": list(aliases)} if aliases else {} for net, aliases in svc.networks}
     if svc.healthcheck:
-        out["healthcheck"] = _healthcheck(svc.healthcheck)
+        out["healthcheck"] = compose_healthcheck(svc.healthcheck)
     out["cap_drop"] = ["ALL"]
     if svc.cap_add:
         out["cap_add"] = list(svc.cap_add)

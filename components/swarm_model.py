@@ -44,7 +44,7 @@ from components.settings import (
 )
 
 # The app's role and password, one secret read by the job and by every app task (two lines).
-APP_CREDENTIALS_SECRET = "app_credentials"  # noqa: S105 (a name)
+APP_CREDENTIALS_SECRET = "app_credentials"  # noqa: S105  # pragma: allowlist secret (a name)
 PROXY_SERVICE = "proxy"
 RETIRE_SERVICE = "db-retire"
 PROVISION_WAIT_S = 300

@@ -77,6 +77,17 @@ def engine(method: str, path: str, body: object = None, raw: bytes | None = None
         return resp.status, data.decode(errors="replace")
 
 
+def substitute(real: dict[str, str], value: Any) -> Any:
+    """`value` with every string that is a mock output replaced by the real one it stands for."""
+    if isinstance(value, dict):
+        return {k: substitute(real, v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute(real, v) for v in value]
+    if isinstance(value, str):
+        return real.get(value, value)
+    return value
+
+
 def _ns(duration: str) -> int:
     m = re.fullmatch(r"(\d+)(ms|s|m|h)", duration)
     assert m, f"duration {duration!r} not understood"
@@ -119,14 +130,7 @@ class Applied:
     timings: dict[str, float] = field(default_factory=dict)
 
     def resolve(self, value: Any) -> Any:
-        value = plain(value)
-        if isinstance(value, dict):
-            return {k: self.resolve(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self.resolve(v) for v in value]
-        if isinstance(value, str):
-            return self.real.get(value, value)
-        return value
+        return substitute(self.real, plain(value))
 
     def destroy(self) -> None:
         for name, grace in reversed(self.containers):

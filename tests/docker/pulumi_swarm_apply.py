@@ -28,7 +28,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.docker.pulumi_apply import _ns, _order, engine
+from tests.docker.pulumi_apply import _ns, _order, engine, substitute
 from tests.pulumi_mocks import Recording, Resource, plain
 
 CONVERGE_POLL_S = 5.0
@@ -102,13 +102,7 @@ class SwarmApplied:
         return engine(method, path, body, timeout=timeout, sock=self.sock)
 
     def resolve(self, value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: self.resolve(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self.resolve(v) for v in value]
-        if isinstance(value, str):
-            return self.real.get(value, value)
-        return value
+        return substitute(self.real, value)
 
     def destroy(self) -> None:
         for sid in reversed(list(self.services.values())):

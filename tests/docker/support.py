@@ -94,38 +94,56 @@ def remove_containers(prefix: str) -> None:
         sh("docker", "rm", "-f", *names, check=False, timeout=120)
 
 
-class RequestLoop:
-    """Bounded load on loopback: GETs the URLs in turn until stopped, at most `max_requests` requests or
-    `max_seconds` seconds, whichever comes first. Records every non-200 answer."""
+class BoundedLoop:
+    """Load in a thread until stopped, at most `max_requests` requests or `max_seconds` seconds, whichever
+    comes first; subclasses send one request per `_one(i)` call."""
 
-    def __init__(self, urls: list[str], max_requests: int = 20000, max_seconds: float = 180,
-                 pause_s: float = 0.01) -> None:
-        self.urls, self.max_requests, self.max_seconds, self.pause_s = urls, max_requests, max_seconds, pause_s
+    def __init__(self, max_requests: int, max_seconds: float, pause_s: float) -> None:
+        self.max_requests, self.max_seconds, self.pause_s = max_requests, max_seconds, pause_s
         self.count = 0
-        self.failures: list[tuple[float, str, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.started = 0.0
+
+    def _one(self, i: int) -> None:
+        raise NotImplementedError
 
     def _run(self) -> None:
         self.started = time.monotonic()
         while not self._stop.is_set() and self.count < self.max_requests:
             if time.monotonic() - self.started > self.max_seconds:
                 break
-            url = self.urls[self.count % len(self.urls)]
-            status, _ = http("GET", url, timeout_s=5)
+            self._one(self.count)
             self.count += 1
-            if status != 200:
-                self.failures.append((time.monotonic() - self.started, url, status))
             time.sleep(self.pause_s)
 
-    def __enter__(self) -> RequestLoop:
+    def __enter__(self) -> BoundedLoop:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+
+
+class RequestLoop(BoundedLoop):
+    """Bounded load on loopback: GETs the URLs in turn. Records every non-200 answer."""
+
+    def __init__(self, urls: list[str], max_requests: int = 20000, max_seconds: float = 180,
+                 pause_s: float = 0.01) -> None:
+        super().__init__(max_requests, max_seconds, pause_s)
+        self.urls = urls
+        self.failures: list[tuple[float, str, int]] = []
+
+    def _one(self, i: int) -> None:
+        url = self.urls[i % len(self.urls)]
+        status, _ = http("GET", url, timeout_s=5)
+        if status != 200:
+            self.failures.append((time.monotonic() - self.started, url, status))
+
+    def __enter__(self) -> RequestLoop:
+        super().__enter__()
+        return self
 
     def outage_s(self) -> float:
         """Seconds from the first to the last failed request (0 when none failed)."""

@@ -9,13 +9,12 @@ import functools
 import http.client
 import json
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.docker.support import sh
+from tests.docker.support import BoundedLoop, sh
 from tests.pulumi_mocks import ROOT
 
 LAB = ROOT.parent / "shared" / "swarm-lab.sh"
@@ -92,43 +91,29 @@ def task_images(service: str) -> set[str]:
     return {t["Image"] for t in running_tasks(service)}
 
 
-class SpreadLoop:
-    """GETs `path` on the given nodes' published `port` in turn until stopped, at most `max_requests` or
-    `max_seconds`. Records failed requests (status not 200) and which task answered (X-Served-By)."""
+class SpreadLoop(BoundedLoop):
+    """GETs `path` on the given nodes' published `port` in turn. Records failed requests (status not 200)
+    and which task answered (X-Served-By)."""
 
     def __init__(self, nodes: list[int], port: int, path: str, max_requests: int = 20000,
                  max_seconds: float = 300, pause_s: float = 0.02) -> None:
+        super().__init__(max_requests, max_seconds, pause_s)
         self.nodes, self.port, self.path = nodes, port, path
-        self.max_requests, self.max_seconds, self.pause_s = max_requests, max_seconds, pause_s
-        self.count = 0
         self.failures: list[tuple[float, int, int]] = []  # (seconds in, node, status)
         self.served: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self.started = 0.0
 
-    def _run(self) -> None:
-        self.started = time.monotonic()
-        while not self._stop.is_set() and self.count < self.max_requests:
-            if time.monotonic() - self.started > self.max_seconds:
-                break
-            node = self.nodes[self.count % len(self.nodes)]
-            status, headers, _ = lab_http("GET", node, self.port, self.path)
-            self.count += 1
-            if status != 200:
-                self.failures.append((time.monotonic() - self.started, node, status))
-            else:
-                who = headers.get("x-served-by", "?").split(" ")[-1]
-                self.served[who] = self.served.get(who, 0) + 1
-            time.sleep(self.pause_s)
+    def _one(self, i: int) -> None:
+        node = self.nodes[i % len(self.nodes)]
+        status, headers, _ = lab_http("GET", node, self.port, self.path)
+        if status != 200:
+            self.failures.append((time.monotonic() - self.started, node, status))
+        else:
+            who = headers.get("x-served-by", "?").split(" ")[-1]
+            self.served[who] = self.served.get(who, 0) + 1
 
     def __enter__(self) -> SpreadLoop:
-        self._thread.start()
+        super().__enter__()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
 
     def summary(self) -> str:
         return f"{self.count} requests, {len(self.failures)} failed, answered by {sorted(self.served)}"

@@ -231,7 +231,17 @@ def test_a_release_that_cannot_start_is_rolled_back_and_fails_no_request(
 def test_a_failed_node_loses_its_api_tasks_to_the_others(
         deployed: tuple[SwarmApplied, Recording], settings: StackSettings) -> None:
     api = _service(settings, "api")
-    on_cut = [t for t in running_tasks(api) if t["Node"] == f"node{CUT_NODE}"]
+
+    def on_cut_node() -> list[dict[str, Any]]:
+        return [t for t in running_tasks(api) if t["Node"] == f"node{CUT_NODE}"]
+
+    # Precondition: the node to cut runs an API task (the scheduler spreads, but a rollback may not have).
+    for _ in range(3):
+        if on_cut_node():
+            break
+        dk(1, "service", "update", "--force", "--detach=false", api, timeout=300)
+    on_cut = on_cut_node()
+    assert on_cut, f"no api task on node{CUT_NODE} to lose"
     survivors = [k for k in range(1, NODES + 1) if k != CUT_NODE]
     with SpreadLoop(survivors, API_PORT, "/prices?symbol=SWRM") as loop:
         time.sleep(2)
