@@ -236,3 +236,28 @@ def test_the_harness_refuses_inputs_it_does_not_know(recording: Any) -> None:
     svc["taskSpec"]["containerSpec"]["privileges"] = {}
     with pytest.raises(AssertionError, match="privileges"):
         _check(svc, SCHEMA["docker:index/service:Service"], "svc")
+
+
+@pytest.mark.parametrize("command", [["backups"], ["backup"], ["doctor"], ["restore", "x-20260101T000000Z"]])
+def test_the_ops_tool_refuses_a_swarm_stack_in_one_line(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from components.ops.__main__ import main
+
+    assert main([*command, "--stack", "swarm"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "targets a Swarm cluster" in err[0] and "docs/swarm.md" in err[0]
+
+
+def test_the_swarm_program_and_stack_file_are_deterministic(tmp_path: Path) -> None:
+    """Same config, same inputs: a preview shows no noise (no timestamps, ordered env, content names)."""
+    import json
+
+    def snapshot(rec: Any) -> str:
+        return json.dumps(sorted([r.type, r.name, plain(r.inputs), r.dependencies] for r in rec.resources),
+                          sort_keys=True, default=str)
+
+    assert snapshot(run_program("swarm")) == snapshot(run_program("swarm"))
+    out = tmp_path / "out"
+    compose.export("swarm", out, target="swarm")
+    first = (out / "compose.yaml").read_text()
+    compose.export("swarm", out, target="swarm")
+    assert (out / "compose.yaml").read_text() == first

@@ -26,6 +26,7 @@ from components.ops.doctor import MIN_FREE_GB, WARN_FREE_GB, Doctor, report
 from components.ops.engine import Engine, OpsError, Progress
 from components.ops.migrate import SUPERUSER_RECORD, Source, data_major, generate_password, migrate, volume_labels
 from components.settings import (
+    PROJECT,
     SUPPORTED_POSTGRES_MAJORS,
     VOL_DATA,
     VOL_PROVISION_STATE,
@@ -231,6 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         s = settings_from_file(args.stack, args.project)
+        if s.target != "single":
+            # Its commands find containers by the single-host names on one engine; a swarm's tasks live on
+            # the nodes Swarm chose (docs/swarm.md says how to back up and restore there).
+            raise OpsError(f"stack {args.stack} targets a Swarm cluster ({PROJECT}:target: {s.target}); this "
+                           "tool works on single-host stacks; see docs/swarm.md (operations)")
         if args.command == "doctor":
             text, code = report(Doctor(s, min_free_gb=args.min_free_gb,
                                        warn_free_gb=max(WARN_FREE_GB, args.min_free_gb),
