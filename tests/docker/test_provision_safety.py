@@ -5,6 +5,7 @@ network), with a request loop on the API where the app must keep working."""
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +14,7 @@ import psycopg
 import pytest
 
 from components import compose
-from components.settings import PROVISION_SOURCE, StackSettings
+from components.settings import POSTGRES_PORT, PROVISION_SOURCE, StackSettings
 from tests.docker.compose_support import Stack, open_credentials, running_stack
 from tests.docker.support import RequestLoop, postgres_dsn, sh
 
@@ -27,14 +28,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory, base_images: dict[str, str],
     yield from running_stack(tmp_path_factory.mktemp("compose-safety"), dev_settings)
 
 
-def run_job(stack: Stack, *env: str, entrypoint: tuple[str, ...] = ()) -> tuple[int, str]:
+def job_command(stack: Stack, *env: str, entrypoint: tuple[str, ...] = ()) -> list[str]:
     """The job once more, as `docker compose up` would run it, with extra environment."""
     args = ["docker", "compose", "-f", stack.file, "run", "--rm", "--no-deps", "--quiet-pull"]
     for e in env:
         args += ["-e", e]
     if entrypoint:
         args += ["--entrypoint", entrypoint[0]]
-    out = sh(*args, "db-provision", *entrypoint[1:], check=False, timeout=300)
+    return [*args, "db-provision", *entrypoint[1:]]
+
+
+def run_job(stack: Stack, *env: str, entrypoint: tuple[str, ...] = ()) -> tuple[int, str]:
+    out = sh(*job_command(stack, *env, entrypoint=entrypoint), check=False, timeout=300)
     return out.returncode, out.stdout + out.stderr
 
 
@@ -202,3 +207,25 @@ def test_upgrade_from_the_previous_job_version(stack: Stack) -> None:
         "10001", "0", "440"]
     code, out = run_job(stack, entrypoint=("sh", "-c", 'test ! -e "$PROVISION_STATE_DIR/app_credentials"'))
     assert code == 0, "the copy of the app's password is gone"
+
+
+def test_the_job_waits_for_the_server_and_gives_up_in_time(stack: Stack) -> None:
+    """Compose starts the job with the server; the job waits for the server's TCP probe itself. A server
+    that never answers: one clear error after the bound. A server that comes up while the job waits: the
+    job goes on and succeeds."""
+    started = time.monotonic()
+    code, out = run_job(stack, f"PGPORT={POSTGRES_PORT + 1}", "PROVISION_WAIT_S=2")
+    assert code != 0 and "did not accept connections within 2s" in out, out[-2000:]
+    assert time.monotonic() - started < 30
+    pg = stack.names["postgres"]
+    sh("docker", "stop", "-t", "30", pg)
+    try:
+        job = subprocess.Popen(job_command(stack, "PROVISION_WAIT_S=60"), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+        time.sleep(4)
+        assert job.poll() is None, "the job waits while the server is down"
+    finally:
+        sh("docker", "start", pg)
+    out, _ = job.communicate(timeout=120)
+    assert job.returncode == 0, out[-2000:]
+    assert "done; the app connects as" in out
