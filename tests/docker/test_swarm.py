@@ -117,6 +117,29 @@ def _rows(symbol: str) -> int:
     return len(json.loads(body))
 
 
+def test_docker_stack_config_keeps_every_key_the_stack_file_relies_on(tmp_path: Path) -> None:
+    """The CLI's own reading of the export (`docker stack config`, no swarm needed): the keys that carry
+    ordering, placement, secrets and hardening survive it, and it warns about nothing it ignores."""
+    import yaml
+
+    out = tmp_path / "out"
+    compose.export(STACK, out, target="swarm")
+    result = sh("docker", "stack", "config", "-c", str(out / "compose.yaml"), timeout=60)
+    assert "ignor" not in result.stderr.lower() and "unsupported" not in result.stderr.lower(), result.stderr
+    ours = yaml.safe_load((out / "compose.yaml").read_text())
+    read = yaml.safe_load(result.stdout)
+    assert set(read["services"]) == set(ours["services"])
+    for name, svc in ours["services"].items():
+        got = read["services"][name]
+        for key in ("image", "user", "read_only", "cap_drop", "healthcheck", "stop_grace_period", "secrets"):
+            assert (key in got) == (key in svc), (name, key)
+        assert got["deploy"]["update_config"]["order"] == svc["deploy"]["update_config"]["order"], name
+        assert got["deploy"]["endpoint_mode"] == svc["deploy"]["endpoint_mode"], name
+        assert got["deploy"].get("placement") == svc["deploy"].get("placement"), name
+        assert [s["target"] for s in got.get("secrets", [])] == [s["target"] for s in svc.get("secrets", [])], name
+    assert {k: v["name"] for k, v in read["secrets"].items()} == {k: v["name"] for k, v in ours["secrets"].items()}
+
+
 def test_every_service_converges_and_the_api_answers_from_several_tasks(
         deployed: tuple[SwarmApplied, Recording], settings: StackSettings) -> None:
     sw = settings.swarm
