@@ -40,7 +40,6 @@ APP_CONTEXT = PROJECT_DIR / "app"
 SECRETS_SUBDIR = "secrets"  # pragma: allowlist secret (a directory name)
 CONFIGS_SUBDIR = "provision"
 _ALPHABET = string.ascii_letters + string.digits
-PROJECT_KEY_PREFIX = f"{PROJECT}:"
 
 
 def _duration(seconds: int) -> str:
@@ -237,7 +236,7 @@ def export(stack: str, out: Path, project_dir: Path = PROJECT_DIR, ca_bundle: Pa
     settings = settings_from_file(stack, project_dir)
     if target is not None and target != settings.target:
         raise ExportError(f"--target {target}: stack {stack} has target {settings.target} "
-                          f"({PROJECT_KEY_PREFIX}target in Pulumi.{stack}.yaml); set it to {target} there")
+                          f"({PROJECT}:target in Pulumi.{stack}.yaml); set it to {target} there")
     out = out.absolute()
     secret_dir = out / SECRETS_SUBDIR
     _check_writable(out)
@@ -264,12 +263,14 @@ def export(stack: str, out: Path, project_dir: Path = PROJECT_DIR, ca_bundle: Pa
             # service (compose ignores uid/gid/mode of file secrets outside swarm mode; it bind-mounts them).
             _write_atomic(path, generate_secret(spec), 0o444)
             created.append(spec.name)
-    config_dir = out / CONFIGS_SUBDIR
-    for c in settings.containers:
-        for target, content in c.uploads:
-            _write_atomic(config_dir / Path(target).name, content, 0o644)
     if swarm:
+        # The swarm model's files are a superset of the containers' uploads: written there, once.
         text = _swarm_files(settings, out)
+    else:
+        config_dir = out / CONFIGS_SUBDIR
+        for c in settings.containers:
+            for target, content in c.uploads:
+                _write_atomic(config_dir / Path(target).name, content, 0o644)
     _write_atomic(out / "compose.yaml", text, 0o644)
     return created
 

@@ -96,7 +96,7 @@ def _duration(seconds: int) -> str:
 
 
 def service_args(svc: ServiceSpec, m: SwarmModel, log_opts: Mapping[str, str], files: SwarmFiles,
-                 network_ids: Mapping[str, pulumi.Input[str]], volume_names: Mapping[str, str]) -> docker.ServiceArgs:
+                 network_ids: Mapping[str, pulumi.Input[str]]) -> docker.ServiceArgs:
     """One service from its spec: the single mapping from the model to the provider's inputs."""
     hc = svc.healthcheck
 
@@ -113,7 +113,7 @@ def service_args(svc: ServiceSpec, m: SwarmModel, log_opts: Mapping[str, str], f
             file_gid=str(r.gid), file_mode=r.mode)
 
     mounts = [
-        docker.ServiceTaskSpecContainerSpecMountArgs(type="volume", target=mt.target, source=volume_names[mt.source],
+        docker.ServiceTaskSpecContainerSpecMountArgs(type="volume", target=mt.target, source=m.volumes[mt.source],
                                                      read_only=mt.read_only or None)
         if mt.type == "volume" else
         docker.ServiceTaskSpecContainerSpecMountArgs(
@@ -208,8 +208,7 @@ class SwarmServices(pulumi.ComponentResource):
         for svc in args.services:
             service = docker.Service(
                 f"{name}-{svc.name}",
-                service_args(svc, args.model, args.settings.log_opts, args.files, args.network_ids,
-                             args.model.volumes),
+                service_args(svc, args.model, args.settings.log_opts, args.files, args.network_ids),
                 # Fixed names cannot exist twice; and never two Postgres servers on one data directory. Only
                 # networks, aliases and container labels force a replacement (docs/swarm.md).
                 opts=pulumi.ResourceOptions(parent=self, depends_on=previous, delete_before_replace=True),

@@ -11,7 +11,6 @@ import json
 import subprocess
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from tests.docker.support import BoundedLoop, sh
@@ -154,16 +153,3 @@ def remove_stack_objects(prefix: str) -> None:
 
 def lab_images(images: list[str]) -> None:
     lab("load", *images, timeout=900)
-
-
-def project_with(stack: str, overrides: dict[str, str], tmp: Path) -> Path:
-    """A copy of the project's stack files with `overrides` in Pulumi.<stack>.yaml (for the export)."""
-    import yaml
-
-    (tmp / "app").symlink_to(ROOT / "app")
-    for name in ("Pulumi.yaml",):
-        (tmp / name).write_text((ROOT / name).read_text())
-    doc = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())
-    doc["config"].update({f"stock-analyzer:{k}": v for k, v in overrides.items()})
-    (tmp / f"Pulumi.{stack}.yaml").write_text(yaml.safe_dump(doc))
-    return tmp
