@@ -69,6 +69,7 @@ VOL_BACKUPS = "backups"
 BACKUP_DIR = "/var/lib/backups"
 BACKUP_SOURCE = Path(__file__).resolve().parent.parent / "backup"
 BACKUP_TARGET = "/backup"
+BACKUP_TIERS = ("daily", "weekly", "monthly")
 # The provisioning job's shell and SQL (see provision/provision.sh), uploaded to /provision in its container.
 PROVISION_SOURCE = Path(__file__).resolve().parent.parent / "provision"
 PROVISION_TARGET = "/provision"
@@ -80,7 +81,10 @@ def provision_files() -> tuple[tuple[str, str], ...]:
 
 
 def backup_files() -> tuple[tuple[str, str], ...]:
-    return _script_files(BACKUP_SOURCE, BACKUP_TARGET)
+    # The app's privilege model is one file: the job applies it, and so does every restore.
+    privileges = PROVISION_SOURCE / "privileges.sql"
+    return tuple(sorted((*_script_files(BACKUP_SOURCE, BACKUP_TARGET),
+                         (f"{BACKUP_TARGET}/{privileges.name}", privileges.read_text(encoding="utf-8")))))
 
 
 def swarm_files() -> tuple[tuple[str, str], ...]:
@@ -241,7 +245,12 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
               "(change both only after `python -m components.ops upgrade`).", "17"),
     ConfigKey("backupIntervalMinutes", "integer",
               "Minutes between scheduled logical backups (the first runs at start).", "1440"),
-    ConfigKey("backupKeep", "integer", "Scheduled and on-demand backups kept; older ones are pruned.", "7"),
+    ConfigKey("backupKeep", "integer", "Newest backups kept whatever their age (scheduled and on-demand alike).",
+              "7"),
+    ConfigKey("backupKeepDaily", "integer", "Also kept: the newest backup of each of this many days that have one.",
+              "7"),
+    ConfigKey("backupKeepWeekly", "integer", "Also kept: the newest backup of each of this many ISO weeks.", "4"),
+    ConfigKey("backupKeepMonthly", "integer", "Also kept: the newest backup of each of this many months.", "6"),
     ConfigKey("adminUser", "string", "Admin UI user name.", "admin"),
     ConfigKey("target", "string", "Where the stack runs: single (one Docker engine) or swarm (a Swarm cluster "
               "reached through DOCKER_HOST; docs/swarm.md).", "single"),
@@ -328,6 +337,7 @@ class StackSettings:
     postgres_major: int
     backup_interval_s: int
     backup_keep: int
+    backup_tiers: dict[str, int]  # daily, weekly, monthly: periods whose newest backup is kept
     secret_versions: dict[str, int] = field(default_factory=dict)  # secret name -> rotation version
     target: str = "single"
     swarm: SwarmSettings | None = None  # set when target is swarm
@@ -611,6 +621,7 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
                     f"--stack {stack} --to-image {postgres_image}` first, then set both keys (docs/operations.md)")
     backup_interval_min = r.integer("backupIntervalMinutes", 5, 60 * 24 * 31)
     backup_keep = r.integer("backupKeep", 1, 1000)
+    backup_tiers = {tier: r.integer(f"backupKeep{tier.capitalize()}", 0, 1000) for tier in BACKUP_TIERS}
     target = r.choice("target", TARGETS)
     swarm = _swarm_settings(r, bindings) if target == "swarm" else None
     db_env = (("DB_HOST", DB_ALIAS), ("DB_NAME", db_name), ("DB_PORT", str(POSTGRES_PORT)))
@@ -701,6 +712,7 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
             "BACKUP_DIR": BACKUP_DIR,
             "BACKUP_INTERVAL_S": str(backup_interval_min * 60),
             "BACKUP_KEEP": str(backup_keep),
+            **{f"BACKUP_KEEP_{tier.upper()}": str(n) for tier, n in backup_tiers.items()},
             "PGDATABASE": db_name,
             "PGHOST": DB_ALIAS,
             "PGPORT": str(POSTGRES_PORT),
@@ -761,6 +773,7 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         postgres_major=postgres_major,
         backup_interval_s=backup_interval_min * 60,
         backup_keep=backup_keep,
+        backup_tiers=backup_tiers,
         secret_versions={spec.name: r.integer(spec.version_key, 1, 1_000_000) for spec in USER_SECRETS},
         target=target,
         swarm=swarm,
@@ -800,6 +813,11 @@ def spec_labels(spec: ContainerSpec, settings: StackSettings) -> dict[str, str]:
         "stock-analyzer.stack": settings.stack,
         **{f"stock-analyzer.policy-exception.{policy}": reason for policy, reason in spec.policy_exceptions},
     }
+
+
+def is_image_ref(value: str) -> bool:
+    """A whole image reference: name, optional tag, optional @sha256 digest."""
+    return _IMAGE_REF.fullmatch(value) is not None
 
 
 def image_major(image: str) -> int:

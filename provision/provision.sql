@@ -40,7 +40,10 @@ CREATE TABLE IF NOT EXISTS stock_prices (
     created_at timestamptz NOT NULL DEFAULT now(),
     UNIQUE (symbol, day)
 );
+-- The app's group connects to the app's database only: not to the maintenance database or the template.
+REVOKE CONNECT ON DATABASE postgres FROM PUBLIC;
+REVOKE CONNECT ON DATABASE template1 FROM PUBLIC;
 -- Every table and sequence of the app's schema, stock_prices and whatever an adopted legacy database
--- brought (owned by the superuser, used by the app through its group; never owned by the app).
-GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO :"app_group";
-GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO :"app_group";
+-- brought (owned by the superuser, used by the app through its group; never owned by the app), and the
+-- functions it may call: the one privilege model that every restore applies again.
+\ir privileges.sql

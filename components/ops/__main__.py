@@ -3,8 +3,8 @@
     python -m components.ops adopt   --stack STACK --from-volume NAME --password-file FILE [--database DB] [--user USER]
     python -m components.ops backup  --stack STACK
     python -m components.ops backups --stack STACK
-    python -m components.ops restore --stack STACK ID
-    python -m components.ops upgrade --stack STACK --to-image IMAGE
+    python -m components.ops restore --stack STACK ID [--yes]
+    python -m components.ops upgrade --stack STACK --to-image IMAGE | --roll-back
     python -m components.ops doctor  --stack STACK
 
 Talks to the engine in DOCKER_HOST (or the local socket). Every refusal is one `error:` line and exit 1,
@@ -18,8 +18,10 @@ import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
+import docker.errors
 from docker.models.containers import Container
 
 from components.ops.doctor import MIN_FREE_GB, WARN_FREE_GB, Doctor, report
@@ -33,6 +35,7 @@ from components.settings import (
     ConfigError,
     StackSettings,
     image_major,
+    is_image_ref,
 )
 from components.stack_file import PROJECT_DIR, settings_from_file
 
@@ -50,6 +53,18 @@ def _legacy_password(path: Path) -> str:
     if not value or any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise OpsError(f"--password-file {path}: empty, or holds control characters beyond one final newline")
     return value
+
+
+def image_argument(flag: str, value: str) -> tuple[str, int]:
+    """A postgres image reference, whole (name, optional tag, optional @sha256 digest), and its major from the
+    tag: a pinned `postgres:17.6@sha256:...` is what careful operators give."""
+    if not is_image_ref(value):
+        raise OpsError(f"{flag} {value!r}: not an image reference (name[:tag][@sha256:<64 hex>])")
+    try:
+        return value, image_major(value)
+    except ValueError:
+        raise OpsError(f"{flag} {value}: its tag names no PostgreSQL major (e.g. postgres:17.6 or "
+                       "postgres:17.6@sha256:...)") from None
 
 
 def adopt(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
@@ -76,12 +91,12 @@ def adopt(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
     if major > s.postgres_major:
         raise OpsError(f"{legacy} holds PostgreSQL {major} data; the stack runs {s.postgres_major}: "
                        "a downgrade is refused")
-    source_image = args.from_image or f"postgres:{major}"
+    source_image, source_major = image_argument("--from-image", args.from_image or f"postgres:{major}")
+    if source_major != major:
+        raise OpsError(f"--from-image {source_image} is not PostgreSQL {major}, the major of {legacy}")
     if not engine.has_image(source_image):
         raise OpsError(f"no image {source_image} here or in a registry: give one of PostgreSQL {major} "
                        "with --from-image")
-    if image_major(source_image) != major:
-        raise OpsError(f"--from-image {source_image} is not PostgreSQL {major}, the major of {legacy}")
     progress.say(f"adopting {legacy} (PostgreSQL {major}, database {args.database}) into stack {s.stack} "
                  f"(PostgreSQL {s.postgres_major}, volume {data})")
     started = time.monotonic()
@@ -95,15 +110,18 @@ def adopt(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
 
 
 def upgrade(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
-    target_image = args.to_image
-    try:
-        new_major = image_major(target_image)
-    except ValueError:
-        raise OpsError(f"--to-image {target_image}: no major version in its tag") from None
+    if args.roll_back:
+        return roll_back(s, engine)
+    if not args.to_image:
+        raise OpsError("upgrade needs --to-image IMAGE (or --roll-back)")
+    target_image, new_major = image_argument("--to-image", args.to_image)
     if new_major not in SUPPORTED_POSTGRES_MAJORS:
         raise OpsError(f"--to-image {target_image}: PostgreSQL {new_major} is not supported "
                        f"({SUPPORTED_POSTGRES_MAJORS.start}-{SUPPORTED_POSTGRES_MAJORS.stop - 1})")
     data = s.volumes[VOL_DATA]
+    kept = _rollback_copies(s, engine)
+    if kept:
+        raise OpsError(_rollback_exists(s, engine, kept[-1]))
     if not engine.volume_exists(data):
         raise OpsError(f"the stack's data volume {data} does not exist: nothing to upgrade")
     old_major = data_major(engine, s.postgres_image, data)
@@ -114,39 +132,138 @@ def upgrade(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
         raise OpsError(f"--to-image {target_image}: no such image here or in a registry")
     rollback = f"{data}_pg{old_major}"
     if engine.volume_exists(rollback):
-        raise OpsError(f"{rollback} exists (an earlier upgrade's rollback copy): move it away first")
+        raise OpsError(f"a volume {rollback} exists that no upgrade made (no rollback label): move it away first")
     record = engine.read_file(s.postgres_image, s.volumes[VOL_PROVISION_STATE], SUPERUSER_RECORD)
     if not record:
         raise OpsError("no superuser password recorded by the provisioning job: run `up` once first")
+    free, used = engine.space(s.postgres_image, data)
+    if free < UPGRADE_SPACE_FACTOR * used:
+        raise OpsError(f"{free / 2**20:.0f} MiB free on the engine's volume disk; the upgrade needs about "
+                       f"{UPGRADE_SPACE_FACTOR * used / 2**20:.0f} MiB ({UPGRADE_SPACE_FACTOR}x the {used / 2**20:.0f} "
+                       "MiB of data: the rollback copy, a scratch copy, the new cluster); nothing changed")
     progress = Progress(10)
     running = [c for c in engine.stack_containers(s.stack) if c.status == "running"]
     progress.say(f"upgrading {data} from PostgreSQL {old_major} to {new_major}; stopping "
                  f"{len(running)} container(s) of stack {s.stack} (downtime starts)")
     started = time.monotonic()
-    with progress.step("stop the stack's containers"):
-        # The app first (it stops writing), then the rest; each with Postgres's own grace period.
-        apps = [c for c in running if c.labels.get("stock-analyzer.service") in {a.service for a in s.apps}]
-        for group in (apps, [c for c in running if c not in apps]):
-            with ThreadPoolExecutor(max_workers=8) as pool:
-                list(pool.map(lambda c: c.stop(timeout=60), group))
-    with progress.step(f"keep the PostgreSQL {old_major} data as {rollback} (the rollback)"):
-        engine.create_volume(rollback, {**volume_labels(s), "stock-analyzer.rollback-of": data})
-        engine.copy_volume(s.postgres_image, data, rollback)
-    with progress.step(f"empty {data} for the new major"):
-        engine.empty_volume(s.postgres_image, data)
+    original: str | None = None
     try:
+        with progress.step("stop the stack's containers"):
+            _stop(s, running)
+        with progress.step(f"keep the PostgreSQL {old_major} data as {rollback} (the rollback), proven identical"):
+            original = engine.tree_digest(s.postgres_image, data)
+            engine.create_volume(rollback, {**volume_labels(s), "stock-analyzer.rollback-of": data})
+            engine.copy_volume(s.postgres_image, data, rollback)
+            if engine.tree_digest(s.postgres_image, rollback) != original:
+                raise OpsError(f"the copy {rollback} differs from {data}")
+        with progress.step(f"empty {data} for the new major"):
+            engine.empty_volume(s.postgres_image, data)
         comparison = migrate(engine, s, Source(rollback, s.postgres_image, s.db_superuser, s.db_name, record),
-                             target_image, record, progress)
-    except BaseException:
-        progress.say(f"upgrade failed: restoring {data} from {rollback}")
-        engine.empty_volume(s.postgres_image, data)
-        engine.copy_volume(s.postgres_image, rollback, data)
-        engine.remove_volume(rollback)
-        raise
+                             target_image, record, progress, whole_cluster=True)
+    except BaseException as err:
+        raise OpsError(_undo_upgrade(s, engine, progress, running, rollback, original, old_major, err)) from None
     print(comparison.table())
     print(f"upgraded in {time.monotonic() - started:.1f} s; the stack is stopped. Next: set "
           f"postgresImage: {target_image} and postgresDataMajor: {new_major} in Pulumi.{s.stack}.yaml, then "
-          f"`pulumi up` (or export and `docker compose up -d`). Rollback: docs/operations.md ({rollback}).")
+          f"`pulumi up` (or export and `docker compose up -d`). To go back: python -m components.ops upgrade "
+          f"--stack {s.stack} --roll-back ({rollback} holds the PostgreSQL {old_major} data).")
+    return 0
+
+
+# Free space an upgrade needs, in multiples of the data: the rollback copy, migrate's scratch copy of it, and
+# the new cluster.
+UPGRADE_SPACE_FACTOR = 3
+
+
+def _stop(s: StackSettings, running: list[Container]) -> None:
+    """The app first (it stops writing), then the rest; each with Postgres's own grace period."""
+    apps = [c for c in running if c.labels.get("stock-analyzer.service") in {a.service for a in s.apps}]
+    for group in (apps, [c for c in running if c not in apps]):
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda c: c.stop(timeout=60), group))
+
+
+def _start_again(s: StackSettings, stopped: list[Container]) -> None:
+    """As `up` orders them: the database first, the apps last."""
+    order = {s.postgres.service: 0, s.provision.service: 1, s.backup.service: 2}
+    for c in sorted(stopped, key=lambda c: order.get(c.labels.get("stock-analyzer.service", ""), 3)):
+        c.start()
+
+
+def _undo_upgrade(s: StackSettings, engine: Engine, progress: Progress, stopped: list[Container], rollback: str,
+                  original: str | None, old_major: int, err: BaseException) -> str:
+    """Put the old cluster back, proven identical, and start what was stopped. Returns the one line to say."""
+    data = s.volumes[VOL_DATA]
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if original is None:
+        # It failed before the copy began: the data volume was never written.
+        engine.remove_volume(rollback)
+        _start_again(s, stopped)
+        return f"upgrade failed ({reason}); {data} was not touched and the stack is started again"
+    progress.say(f"upgrade failed ({reason}): putting the PostgreSQL {old_major} data back into {data}")
+    try:
+        if engine.tree_digest(s.postgres_image, data) != original:
+            if engine.tree_digest(s.postgres_image, rollback) != original:
+                raise OpsError(f"{rollback} is not a whole copy")  # the copy itself failed: data untouched?
+            engine.empty_volume(s.postgres_image, data)
+            engine.copy_volume(s.postgres_image, rollback, data)
+            if engine.tree_digest(s.postgres_image, data) != original:
+                raise OpsError(f"the copy back into {data} differs from the original")
+    except BaseException as undo:
+        return (f"upgrade failed ({reason}) and the data could not be put back ({undo}): the intact PostgreSQL "
+                f"{old_major} data is in volume {rollback}; put it back with: python -m components.ops upgrade "
+                f"--stack {s.stack} --roll-back")
+    engine.remove_volume(rollback)
+    _start_again(s, stopped)
+    return (f"upgrade failed ({reason}); {data} holds the PostgreSQL {old_major} data again, identical to before, "
+            "and the stack is started again")
+
+
+def _rollback_copies(s: StackSettings, engine: Engine) -> list[str]:
+    labelled = engine.client.volumes.list(filters={"label": f"stock-analyzer.rollback-of={s.volumes[VOL_DATA]}"})
+    return sorted(str(v.name) for v in labelled)
+
+
+def _rollback_exists(s: StackSettings, engine: Engine, rollback: str) -> str:
+    """Never advise removing what may be the only good copy: only when the data volume holds a newer cluster."""
+    data = s.volumes[VOL_DATA]
+    kept = data_major(engine, s.postgres_image, rollback)
+    try:
+        current: int | None = data_major(engine, s.postgres_image, data)
+    except OpsError:
+        current = None
+    back = f"python -m components.ops upgrade --stack {s.stack} --roll-back"
+    if current is None or current <= kept:
+        return (f"{rollback} holds the PostgreSQL {kept} data of an upgrade that did not finish, and {data} holds no "
+                f"newer cluster: it may be your only good copy. Do not remove it; put it back with: {back}")
+    return (f"{rollback} holds the PostgreSQL {kept} data kept by an earlier upgrade ({data} now holds "
+            f"PostgreSQL {current}). To go back to it: {back}. Once the stack has run well on {current} and you no "
+            f"longer want to go back, remove it (docker volume rm {rollback}); then upgrade again")
+
+
+def roll_back(s: StackSettings, engine: Engine) -> int:
+    """Put the rollback copy of the newest earlier upgrade back into the data volume, proven identical."""
+    data = s.volumes[VOL_DATA]
+    candidates = _rollback_copies(s, engine)
+    if not candidates:
+        raise OpsError(f"no rollback copy of {data} on this engine (volumes labelled stock-analyzer.rollback-of)")
+    rollback = candidates[-1]
+    major = data_major(engine, s.postgres_image, rollback)
+    progress = Progress(3)
+    running = [c for c in engine.stack_containers(s.stack) if c.status == "running"]
+    with progress.step("stop the stack's containers"):
+        _stop(s, running)
+    wanted = engine.tree_digest(s.postgres_image, rollback)
+    with progress.step(f"copy {rollback} (PostgreSQL {major}) back into {data}"):
+        engine.empty_volume(s.postgres_image, data)
+        engine.copy_volume(s.postgres_image, rollback, data)
+    with progress.step("prove the copy identical"):
+        if engine.tree_digest(s.postgres_image, data) != wanted:
+            raise OpsError(f"the copy in {data} differs from {rollback}: run the same command again ({rollback} "
+                           "is unchanged)")
+    print(f"{data} holds the PostgreSQL {major} data of {rollback} again ({rollback} is kept). Next: set "
+          f"postgresImage to a PostgreSQL {major} image and postgresDataMajor: {major} in Pulumi.{s.stack}.yaml, "
+          "then `pulumi up` (or export and `docker compose up -d`)")
     return 0
 
 
@@ -161,43 +278,97 @@ def _backup_container(s: StackSettings, engine: Engine) -> Container:
 def backup(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
     c = _backup_container(s, engine)
     progress = Progress(1)
-    with progress.step(f"pg_dump of {s.db_name}, checked, then kept as a backup"):
+    with progress.step(f"pg_dump of {s.db_name}, read back in full, checksummed, then kept as a backup"):
         # The ID is on stdout; log lines (a pruned backup, say) go to stderr and may arrive after it.
-        code, out = engine.sh(c, f"sh {BACKUP_SCRIPT} now", user="", check=False, stdout_only=True)
+        code, out = engine.sh(c, f"sh {BACKUP_SCRIPT} now on-demand", user="", check=False, stdout_only=True)
         if code != 0:
-            raise OpsError(f"backup failed, nothing kept: {out.strip().splitlines()[-1] if out.strip() else code}")
+            raise OpsError(f"backup failed, nothing kept: {_last_line(out, code)}")
     print(out.strip().splitlines()[-1])
     return 0
 
 
-def backups(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
-    c = _backup_container(s, engine)
-    _, out = engine.sh(c, f"sh {BACKUP_SCRIPT} list", user="")
-    rows = [line.split("\t") for line in out.splitlines() if line and not line.startswith("#")]
+@dataclass(frozen=True)
+class BackupEntry:
+    id: str
+    bytes: int
+    taken: str  # UTC, ISO 8601
+    kind: str  # scheduled, on-demand or pre-restore
+    checksum: bool  # a SHA-256 was recorded when it was taken
+
+
+def _listing(s: StackSettings, engine: Engine) -> tuple[list[BackupEntry], dict[str, str]]:
+    _, out = engine.sh(_backup_container(s, engine), f"sh {BACKUP_SCRIPT} list", user="", stdout_only=True)
+    entries = []
+    for line in out.splitlines():
+        if line and not line.startswith("#"):
+            fields = line.split("\t")
+            entries.append(BackupEntry(fields[0], int(fields[1]), fields[2],
+                                       fields[3] if len(fields) > 3 else "scheduled",
+                                       len(fields) > 4 and fields[4] == "sha256"))
     status = dict(line[2:].split("=", 1) for line in out.splitlines() if line.startswith("# ") and "=" in line)
-    print(f"{'ID':<40} {'bytes':>12}  taken (UTC)")
-    for row in rows:
-        print(f"{row[0]:<40} {row[1]:>12}  {row[2]}")
+    return entries, status
+
+
+def backups(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
+    entries, status = _listing(s, engine)
+    print(f"{'ID':<40} {'bytes':>12}  {'taken (UTC)':<20}  {'kind':<11}  checksum")
+    for e in entries:
+        print(f"{e.id:<40} {e.bytes:>12}  {e.taken:<20}  {e.kind:<11}  {'sha256' if e.checksum else 'none'}")
     print(f"last good backup: {status.get('last_good') or 'none yet'}; last attempt: "
           f"{status.get('last_attempt') or 'none'} ({status.get('last_result') or '-'})")
+    if status.get("last_result") == "failed":
+        print(f"last failure: {status.get('last_detail', '')}")
     return 0
+
+
+def _live_rows(s: StackSettings, engine: Engine) -> dict[str, int]:
+    code, out = engine.sh(_backup_container(s, engine), f"sh {BACKUP_SCRIPT} rows", user="", check=False,
+                          stdout_only=True)
+    if code != 0:
+        raise OpsError(f"cannot count the rows of {s.db_name}, nothing restored: {_last_line(out, code)}")
+    return {table: int(n) for table, n in (line.split("\t") for line in out.splitlines() if "\t" in line)}
+
+
+def _confirm(s: StackSettings, args: argparse.Namespace, what: str) -> None:
+    """A stack that protects its data asks a person, and refuses a script that did not say --yes."""
+    if not s.protect_data or args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise OpsError(f"stack {s.stack} protects its data: {what}; run again with --yes to confirm")
+    print(f"{what}.\nType the stack name ({s.stack}) to go on: ", end="", file=sys.stderr, flush=True)
+    if sys.stdin.readline().strip() != s.stack:
+        raise OpsError("not confirmed; nothing restored")
 
 
 def restore(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
     if not _BACKUP_ID.fullmatch(args.id) or not args.id.startswith(f"{s.db_name}-"):
         raise OpsError(f"backup ID {args.id!r}: expected {s.db_name}-YYYYmmddTHHMMSSZ (see `backups`)")
-    c = _backup_container(s, engine)
-    _, out = engine.sh(c, f"sh {BACKUP_SCRIPT} list", user="")
-    if args.id not in {line.split("\t")[0] for line in out.splitlines()}:
+    entry = next((e for e in _listing(s, engine)[0] if e.id == args.id), None)
+    if entry is None:
         raise OpsError(f"no backup {args.id} in stack {s.stack} (see `backups`)")
+    rows = _live_rows(s, engine)
+    what = (f"restore replaces {sum(rows.values())} rows in {len(rows)} tables of {s.db_name} with backup "
+            f"{entry.id} ({entry.kind}, taken {entry.taken})")
+    _confirm(s, args, what)
     progress = Progress(1)
-    with progress.step(f"restore {args.id} into {s.db_name} (one transaction)"):
-        code, out = engine.sh(c, f"sh {BACKUP_SCRIPT} restore {args.id}", user="", check=False)
+    progress.say(what)
+    with progress.step(f"verify {entry.id} (size, SHA-256, full read-back), take a safety copy of {s.db_name}, "
+                       "restore in one transaction"):
+        code, out = engine.sh(_backup_container(s, engine), f"sh {BACKUP_SCRIPT} restore {entry.id}", user="",
+                              check=False, stdout_only=True)
         if code != 0:
-            raise OpsError(f"restore failed, the database is unchanged: "
-                           f"{out.strip().splitlines()[-1] if out.strip() else code}")
-    print(f"restored {args.id}")
+            raise OpsError(f"restore failed, the database is unchanged: {_last_line(out, code)}")
+    safety = out.strip().splitlines()[-1]
+    print(f"restored {entry.id} (taken {entry.taken}). The contents it replaced are backup {safety}; to go back: "
+          f"python -m components.ops restore --stack {s.stack} {safety} --yes")
     return 0
+
+
+def _last_line(out: str, code: int) -> str:
+    lines = [line for line in out.strip().splitlines() if line.strip()]
+    if not lines:
+        return f"exit code {code}"
+    return lines[-1].split(" backup: ", 1)[-1].removeprefix("error: ")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,13 +385,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stack", required=True)
     p = sub.add_parser("backups", help="list backups, newest first, and when the last good one was taken")
     p.add_argument("--stack", required=True)
-    p = sub.add_parser("restore", help="replace the database's contents with a backup, in one transaction")
+    p = sub.add_parser("restore", help="replace the database's contents with a backup: verified first, a safety "
+                                       "copy taken, one transaction that changes nothing on any failure")
     p.add_argument("--stack", required=True)
     p.add_argument("id", help="a backup ID from `backups`")
+    p.add_argument("--yes", action="store_true", help="confirm without a terminal (needed where protectData is true)")
     p = sub.add_parser("upgrade", help="move the stack's data to a later PostgreSQL major (downtime; keeps "
                                        "the old data as the rollback)")
     p.add_argument("--stack", required=True)
-    p.add_argument("--to-image", required=True, help="the new postgres image, e.g. postgres:17.6-trixie")
+    p.add_argument("--to-image", help="the new postgres image, e.g. postgres:17.6-trixie")
+    p.add_argument("--roll-back", action="store_true", help="put the PostgreSQL data an earlier upgrade kept "
+                                                            "back into the data volume")
     p = sub.add_parser("doctor", help="check the engine, disk, images, containers, ports, networks and the "
                                       "database login; one line per check with the fix; exit 1 on a failure")
     p.add_argument("--stack", required=True)
@@ -247,6 +422,11 @@ def main(argv: list[str] | None = None) -> int:
         command = {"adopt": adopt, "backup": backup, "backups": backups, "restore": restore,
                    "upgrade": upgrade}[args.command]
         return command(args, s, engine)
+    except docker.errors.DockerException as err:
+        # What the engine refused that no check above foresaw: still one line, never a traceback.
+        print(f"error: the Docker engine refused: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
+              file=sys.stderr)
+        return 1
     except (ConfigError, OpsError) as err:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         rest = str(err).splitlines()[1:]

@@ -13,6 +13,7 @@ from contextlib import contextmanager, suppress
 
 import docker
 import docker.errors
+import requests
 from docker.models.containers import Container
 
 
@@ -33,6 +34,10 @@ class Progress:
         self.say(f"[{self.n}/{self.total}] {what} ...")
         yield
         self.say(f"[{self.n}/{self.total}] {what}: done in {time.monotonic() - started:.1f} s")
+        # Fault injection for the tests: OPS_FAIL_AFTER=N fails right after step N, as a crash or a full disk
+        # would. Never set in a deployment.
+        if os.environ.get("OPS_FAIL_AFTER") == str(self.n):
+            raise OpsError(f"injected failure after step {self.n}")
 
     def say(self, line: str) -> None:
         if not self.quiet:
@@ -78,7 +83,7 @@ class Engine:
             cap_drop=["ALL"], cap_add=list(caps) or None, labels={"stock-analyzer.ops": "helper"})
         try:
             container.start()
-            code = int(container.wait(timeout=3600)["StatusCode"])
+            code = self._wait(container, command[0])
             out = container.logs(stdout=True, stderr=True).decode(errors="replace")
         finally:
             container.remove(force=True)
@@ -86,15 +91,51 @@ class Engine:
             raise OpsError(f"{command[0]} in {image} exited with {code}: {_tail(out)}")
         return out
 
+    @staticmethod
+    def _wait(container: Container, what: str, every_s: int = 30) -> int:
+        """No fixed limit: a copy of a large volume takes what it takes, and says every half minute that it
+        is still at work."""
+        started = time.monotonic()
+        while True:
+            try:
+                return int(container.wait(timeout=every_s)["StatusCode"])
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+                print(f"    ... {what} still running after {time.monotonic() - started:.0f} s", file=sys.stderr,
+                      flush=True)
+
     def volume_is_empty(self, image: str, name: str) -> bool:
         return self.run(image, ["sh", "-c", "ls -A /v | head -n 1"], {name: ("/v", "ro")},
                         caps=("DAC_READ_SEARCH",)).strip() == ""
 
     def read_file(self, image: str, volume: str, path: str) -> str | None:
-        # Root without DAC_READ_SEARCH cannot enter a data directory (0700, the server's uid).
-        out = self.run(image, ["sh", "-c", f'[ ! -f "/v/{path}" ] || cat "/v/{path}"'], {volume: ("/v", "ro")},
-                       caps=("DAC_READ_SEARCH",))
-        return out if out else None
+        """A file's content through the engine's archive API, from a container that never starts: a secret
+        read this way never passes through a container's stdout or its log."""
+        container = self.client.containers.create(image, command=["true"], entrypoint=[], network_mode="none",
+                                                  volumes={volume: {"bind": "/v", "mode": "ro"}},
+                                                  labels={"stock-analyzer.ops": "helper"})
+        try:
+            stream, _ = container.get_archive(f"/v/{path}")
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                member = tar.next()
+                data = tar.extractfile(member) if member is not None and member.isfile() else None
+                return data.read().decode() if data is not None else None
+        except docker.errors.NotFound:
+            return None
+        finally:
+            container.remove(force=True)
+
+    def tree_digest(self, image: str, volume: str) -> str:
+        """One SHA-256 over every entry's path, type, mode, owner and size and every file's content: equal
+        digests, equal trees (how a copy of a data directory is proven whole)."""
+        script = ("cd /v && { find . -printf '%P %y %m %U %G %s %l\\n' | LC_ALL=C sort; "
+                  "find . -type f -print0 | LC_ALL=C sort -z | xargs -0r sha256sum; } | sha256sum | cut -d' ' -f1")
+        return self.run(image, ["sh", "-c", script], {volume: ("/v", "ro")}, caps=("DAC_READ_SEARCH",)).strip()
+
+    def space(self, image: str, volume: str) -> tuple[int, int]:
+        """(bytes free on the volume's filesystem, bytes the volume holds)."""
+        out = self.run(image, ["sh", "-c", "df -Pk /v | awk 'NR==2 {print $4}'; du -sk /v | cut -f1"],
+                       {volume: ("/v", "ro")}, caps=("DAC_READ_SEARCH",)).split()
+        return int(out[0]) * 1024, int(out[1]) * 1024
 
     def copy_volume(self, image: str, source: str, target: str) -> None:
         """cp -a, keeping owners and modes; the source is mounted read-only, so it is never written."""

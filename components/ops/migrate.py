@@ -31,6 +31,7 @@ from components.settings import (
 )
 
 INVENTORY_SQL = (Path(__file__).resolve().parent / "sql" / "inventory.sql").read_text(encoding="utf-8")
+CARRY_SQL = (Path(__file__).resolve().parent / "sql" / "carry.sql").read_text(encoding="utf-8")
 # The provisioning job's record of the superuser password the server has (provision/provision.sh, su_known).
 SUPERUSER_RECORD = "postgres_password"
 _ALPHABET = string.ascii_letters + string.digits
@@ -83,9 +84,11 @@ def volume_labels(s: StackSettings) -> dict[str, str]:
 
 
 def migrate(engine: Engine, s: StackSettings, source: Source, target_image: str, superuser_password: str,
-            progress: Progress) -> Comparison:
+            progress: Progress, whole_cluster: bool = False) -> Comparison:
     """Fill the stack's (empty) data volume from `source`; returns the comparison. On any failure the
-    scratch containers, network and volume are removed and the target data volume is emptied again."""
+    scratch containers, network and volume are removed and the target data volume is emptied again.
+    `whole_cluster`: the source is the stack's own cluster (upgrade), so anything in it beyond the stack's
+    database and managed roles would be lost: refuse it."""
     names = scratch_names(s)
     data_volume = s.volumes[VOL_DATA]
     target_filled = False
@@ -101,15 +104,19 @@ def migrate(engine: Engine, s: StackSettings, source: Source, target_image: str,
         with progress.step(f"start PostgreSQL {image_major_or(source.image)} on the copy"):
             src = engine.start(names["source"], source.image, user=f"{POSTGRES_UID}:{POSTGRES_UID}",
                                env={"PGDATA": PGDATA}, mounts={names["snapshot"]: (PGDATA, "rw")},
-                               network=names["network"], aliases=["source"], command=["postgres"])
+                               network=names["network"], aliases=["source"], command=["postgres"],
+                               files={"/run/ops/carry.sql": (CARRY_SQL, POSTGRES_UID, 0o444)})
             engine.wait_ready(src)
-        with progress.step("log in to the source with the given password"):
+        with progress.step("log in to the source with the given password"
+                           + ("; check that it holds nothing the copy would leave behind" if whole_cluster else "")):
             # Over the network (its own alias), not 127.0.0.1: the official image trusts loopback logins.
             code, out = engine.sh(src, 'psql -X -q -h source -U "$U" -d "$D" -c "SELECT 1"',
                                   {"PGPASSWORD": source.password, "U": source.user, "D": source.database}, check=False)
             if code != 0:
                 reason = "wrong password" if "password authentication failed" in out else out.strip().splitlines()[-1]
                 raise OpsError(f"the source refused user {source.user!r} on database {source.database!r}: {reason}")
+            if whole_cluster:
+                _refuse_what_would_stay_behind(engine, src, source)
         target_filled = True
         with progress.step(f"initialise a PostgreSQL {image_major(target_image)} data directory in {data_volume}"):
             if not engine.volume_exists(data_volume):
@@ -164,6 +171,17 @@ def migrate(engine: Engine, s: StackSettings, source: Source, target_image: str,
         engine.remove_volume(names["snapshot"])
         if target_filled and engine.volume_exists(data_volume):
             engine.empty_volume(target_image, data_volume)
+
+
+def _refuse_what_would_stay_behind(engine: Engine, src: Container, source: Source) -> None:
+    _, out = engine.sh(src, 'psql -X -A -t -q -v ON_ERROR_STOP=1 -h source -U "$U" -d "$D" -v db="$D" -v su="$U" '
+                            '-f /run/ops/carry.sql', {"PGPASSWORD": source.password, "U": source.user,
+                                                      "D": source.database})
+    extra = [line for line in out.splitlines() if line.strip()]
+    if extra:
+        raise OpsError(f"the cluster holds what the upgrade would not carry (it copies database {source.database} "
+                       f"and the stack's own roles): {'; '.join(extra)}. Move or drop them first "
+                       "(docs/operations.md, Major upgrades)")
 
 
 def image_major_or(image: str) -> str:

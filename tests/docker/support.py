@@ -11,6 +11,8 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import pytest
+
 from components.ops.doctor import CONNECT_PROBE
 from components.settings import StackSettings
 from tests.raw_http import chunks, exchange
@@ -23,6 +25,24 @@ def sh(*args: str, timeout: float = 600, check: bool = True, **kw: Any) -> subpr
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def run_ops(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """`python -m components.ops ARGV` in this process: exit code, stdout, stderr."""
+    from components.ops.__main__ import main as ops
+
+    capsys.readouterr()
+    code = ops(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_error_line(err: str) -> str:
+    """Progress lines may come first; then exactly one `error:` line, the last."""
+    lines = err.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], err
+    return errors[0]
 
 
 def postgres_dsn(s: StackSettings) -> str:

@@ -14,11 +14,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from components.ops.__main__ import main as ops
 from components.settings import VOL_BACKUPS, VOL_DATA, StackSettings
 from tests.docker.compose_support import Stack, exported_stack, open_credentials
 from tests.docker.standins import ensure_image
-from tests.docker.support import http, postgres_dsn, sh, wait_for
+from tests.docker.support import http, one_error_line, postgres_dsn, run_ops, sh, wait_for
 
 pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,27 +81,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory, base_images: dict[str, str],
     yield from exported_stack(tmp_path_factory.mktemp("compose-lifecycle"), dev_settings)
 
 
-def _ops(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = ops(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def _one_error_line(err: str) -> str:
-    """Progress lines may come first; then exactly one `error:` line, the last."""
-    lines = err.strip().splitlines()
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], err
-    return errors[0]
 
 
 def test_adopt_refuses_bad_input_and_changes_nothing(legacy: Legacy, stack: Stack,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     data = stack.s.volumes[VOL_DATA]
     base = ["adopt", "--stack", "dev", "--from-volume", LEGACY_VOLUME, "--password-file", str(legacy.password_file)]
-    code, _, err = _ops(capsys, *base)  # the legacy server is still running
-    assert code == 1 and "in use by running container" in _one_error_line(err)
+    code, _, err = run_ops(capsys, *base)  # the legacy server is still running
+    assert code == 1 and "in use by running container" in one_error_line(err)
     legacy.stop()
     before = legacy.fingerprint()
     wrong = legacy.password_file.with_name("wrong")
@@ -114,8 +100,8 @@ def test_adopt_refuses_bad_input_and_changes_nothing(legacy: Legacy, stack: Stac
         "cannot read it": [*base[:6], str(wrong) + "-missing"],
     }
     for expected, argv in cases.items():
-        code, _, err = _ops(capsys, *argv)
-        assert code == 1 and expected in _one_error_line(err), (expected, err)
+        code, _, err = run_ops(capsys, *argv)
+        assert code == 1 and expected in one_error_line(err), (expected, err)
         assert sh("docker", "volume", "inspect", data, check=False).returncode != 0, "the target was created"
     assert sh("docker", "volume", "ls", "-q", "--filter", "name=_ops").stdout.strip() == ""
     assert legacy.fingerprint() == before
@@ -125,7 +111,7 @@ def test_adopt_copies_everything_and_the_stack_comes_up(legacy: Legacy, stack: S
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     before = legacy.fingerprint()
     started = time.monotonic()
-    code, out, err = _ops(capsys, "adopt", "--stack", "dev", "--from-volume", LEGACY_VOLUME,
+    code, out, err = run_ops(capsys, "adopt", "--stack", "dev", "--from-volume", LEGACY_VOLUME,
                           "--password-file", str(legacy.password_file))
     print(f"adopt of {LEGACY_ROWS} rows: {time.monotonic() - started:.1f} s\n{out}\n{err}")
     assert code == 0, err
@@ -157,9 +143,9 @@ def test_adopt_copies_everything_and_the_stack_comes_up(legacy: Legacy, stack: S
 
 def test_adopt_refuses_a_stack_that_holds_data(legacy: Legacy, stack: Stack,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = _ops(capsys, "adopt", "--stack", "dev", "--from-volume", LEGACY_VOLUME,
+    code, _, err = run_ops(capsys, "adopt", "--stack", "dev", "--from-volume", LEGACY_VOLUME,
                         "--password-file", str(legacy.password_file))
-    assert code == 1 and "already holds data" in _one_error_line(err)
+    assert code == 1 and "already holds data" in one_error_line(err)
 
 
 def test_rollback_is_starting_the_legacy_stack_again(legacy: Legacy, stack: Stack) -> None:
@@ -178,7 +164,7 @@ def _backup_files(stack: Stack) -> list[str]:
 
 
 def test_backups_are_private_checked_listed_and_pruned(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = _ops(capsys, "backup", "--stack", "dev")
+    code, out, err = run_ops(capsys, "backup", "--stack", "dev")
     assert code == 0, err
     first = out.strip()
     assert first.startswith(f"{stack.s.db_name}-")
@@ -194,8 +180,8 @@ def test_backups_are_private_checked_listed_and_pruned(stack: Stack, capsys: pyt
     # Retention: keep the newest backupKeep (dev: 7).
     for _ in range(stack.s.backup_keep + 1):
         time.sleep(1.05)
-        assert _ops(capsys, "backup", "--stack", "dev")[0] == 0
-    code, listing, _ = _ops(capsys, "backups", "--stack", "dev")
+        assert run_ops(capsys, "backup", "--stack", "dev")[0] == 0
+    code, listing, _ = run_ops(capsys, "backups", "--stack", "dev")
     ids = [line.split()[0] for line in listing.splitlines()[1:] if line.startswith(stack.s.db_name)]
     assert len(ids) == stack.s.backup_keep and first not in ids and ids == sorted(ids, reverse=True)
     assert "last good backup: 20" in listing
@@ -225,7 +211,7 @@ def test_backups_do_not_block_the_apps_writes(stack: Stack, capsys: pytest.Captu
     thread.start()
     try:
         started = time.monotonic()
-        assert _ops(capsys, "backup", "--stack", "dev")[0] == 0
+        assert run_ops(capsys, "backup", "--stack", "dev")[0] == 0
         took = time.monotonic() - started
     finally:
         stop.set()
@@ -237,14 +223,14 @@ def test_backups_do_not_block_the_apps_writes(stack: Stack, capsys: pytest.Captu
 def test_a_failed_backup_never_counts(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
     """Fault injection: the database goes away mid-schedule. The attempt fails loudly, leaves no partial
     file, keeps every earlier backup, and the status (listing, admin UI, health) says so."""
-    _, before, _ = _ops(capsys, "backups", "--stack", "dev")
+    _, before, _ = run_ops(capsys, "backups", "--stack", "dev")
     sh("docker", "stop", "-t", "30", stack.names["postgres"])
     try:
-        code, _, err = _ops(capsys, "backup", "--stack", "dev")
-        assert code == 1 and "pg_dump" in _one_error_line(err)
+        code, _, err = run_ops(capsys, "backup", "--stack", "dev")
+        assert code == 1 and "pg_dump" in one_error_line(err)
         files = sh("docker", "exec", stack.s.backup.container_name, "ls", "-A", "/var/lib/backups").stdout.split()
         assert not [f for f in files if f.startswith(".partial")]
-        _, after, _ = _ops(capsys, "backups", "--stack", "dev")
+        _, after, _ = run_ops(capsys, "backups", "--stack", "dev")
         ids = [line.split()[0] for line in after.splitlines() if line.startswith(stack.s.db_name)]
         assert ids == [line.split()[0] for line in before.splitlines() if line.startswith(stack.s.db_name)]
         assert "(failed)" in after
@@ -256,8 +242,8 @@ def test_a_failed_backup_never_counts(stack: Stack, capsys: pytest.CaptureFixtur
         wait_for("postgres healthy", lambda: http("GET", stack.url("api", "/health"))[0] == 200, timeout_s=60)
     page = http("GET", stack.url("admin", "/"), headers={"Authorization": f"Basic {auth}"})[1].decode()
     assert "FAILED" in page
-    assert _ops(capsys, "backup", "--stack", "dev")[0] == 0
-    assert "(ok)" in _ops(capsys, "backups", "--stack", "dev")[1]
+    assert run_ops(capsys, "backup", "--stack", "dev")[0] == 0
+    assert "(ok)" in run_ops(capsys, "backups", "--stack", "dev")[1]
 
 
 def test_restore_drill_after_losing_the_data_volume(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
@@ -267,7 +253,7 @@ def test_restore_drill_after_losing_the_data_volume(stack: Stack, capsys: pytest
             return {t: conn.execute(CHECKSUM.format(t)).fetchone()  # type: ignore[misc]
                     for t in ("stock_prices", "watchlists", "analysis_runs")}
 
-    code, out, _ = _ops(capsys, "backup", "--stack", "dev")
+    code, out, _ = run_ops(capsys, "backup", "--stack", "dev")
     assert code == 0
     backup_id = out.strip()
     before = checksums()
@@ -276,9 +262,9 @@ def test_restore_drill_after_losing_the_data_volume(stack: Stack, capsys: pytest
     sh("docker", "volume", "rm", stack.s.volumes[VOL_DATA])
     stack.up()
     assert http("GET", stack.url("api", "/prices?symbol=S7"))[1] == b"[]"
-    assert backup_id in _ops(capsys, "backups", "--stack", "dev")[1]
+    assert backup_id in run_ops(capsys, "backups", "--stack", "dev")[1]
     started = time.monotonic()
-    code, _, err = _ops(capsys, "restore", "--stack", "dev", backup_id)
+    code, _, err = run_ops(capsys, "restore", "--stack", "dev", backup_id)
     print(f"restore: {time.monotonic() - started:.1f} s")
     assert code == 0, err
     assert checksums() == before
@@ -291,6 +277,6 @@ def test_restore_drill_after_losing_the_data_volume(stack: Stack, capsys: pytest
 def test_restore_refuses_unknown_ids(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
     for bad, expected in (("stock_analysis-20000101T000000Z", "no backup"), ("../../etc/passwd", "expected"),
                           ("x; rm -rf /", "expected")):
-        code, _, err = _ops(capsys, "restore", "--stack", "dev", bad)
-        assert code == 1 and expected in _one_error_line(err)
+        code, _, err = run_ops(capsys, "restore", "--stack", "dev", bad)
+        assert code == 1 and expected in one_error_line(err)
     wait_for("api healthy", lambda: http("GET", stack.url("api", "/health"))[0] == 200, timeout_s=10)

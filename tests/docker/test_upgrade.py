@@ -1,6 +1,9 @@
 """A PostgreSQL major upgrade on the real engine, as the runbook says (docs/operations.md): a stack on
-PostgreSQL 15 with rows, `ops upgrade --to-image` a 17 image, then both config keys changed and `up`:
-identical rows, the app writing, the 15 data kept for rollback. Its own stack, ports and project dir."""
+PostgreSQL 15 with rows; refusals that change nothing (too little space, a database the upgrade would
+leave behind); a failure injected after every step, each leaving the 15 data identical and the stack
+running again; then `ops upgrade --to-image` a 17 image, both config keys changed and `up`: identical
+rows, the app writing, the 15 data kept; and `--roll-back` puts it back. Its own stack, ports and
+project dir."""
 
 from __future__ import annotations
 
@@ -14,13 +17,14 @@ import pytest
 import yaml
 
 from components import compose
+from components.ops import __main__ as ops_main
 from components.ops.__main__ import main as ops
 from components.settings import VOL_DATA
 from components.stack_file import settings_from_file
 from tests.docker.compose_support import Stack
 from tests.docker.conftest import ca_bundle
 from tests.docker.standins import ensure_image
-from tests.docker.support import http, remove_containers, sh
+from tests.docker.support import http, one_error_line, remove_containers, sh, wait_for
 
 pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,9 +65,75 @@ def _up(project: Path) -> Stack:
     return st
 
 
-def test_upgrade_from_15_to_17_keeps_every_row(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def _digest(volume: str) -> str:
+    script = "cd /v && find . -type f -print0 | LC_ALL=C sort -z | xargs -0r sha256sum | sha256sum"
+    return sh("docker", "run", "--rm", "--network", "none", "-v", f"{volume}:/v:ro", "--user", "999",
+              "--entrypoint", "sh", OLD_IMAGE, "-c", script).stdout
+
+
+
+def _running(st: Stack) -> None:
+    wait_for("the stack answering again", lambda: http("GET", st.url("api", "/health"))[0] == 200, timeout_s=90)
+
+
+def test_refusals_and_failures_leave_the_old_cluster_identical(
+        project: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     st = _up(project)
     assert http("POST", st.url("api", "/prices"), ROWS)[0] == 201
+    data = st.s.volumes[VOL_DATA]
+    argv = ["upgrade", "--stack", STACK, "--to-image", NEW_IMAGE, "--project", str(project)]
+
+    capsys.readouterr()
+    with monkeypatch.context() as m:
+        m.setattr(ops_main, "UPGRADE_SPACE_FACTOR", 10**9)
+        assert ops(argv) == 1
+    assert "MiB free" in one_error_line(capsys.readouterr().err)
+
+    # A rollback copy of an upgrade that did not finish: never advised away.
+    sh("docker", "volume", "create", "--label", f"stock-analyzer.rollback-of={data}", f"{data}_pg15")
+    sh("docker", "run", "--rm", "--network", "none", "-v", f"{data}_pg15:/v", "--entrypoint", "sh", OLD_IMAGE, "-c",
+       "echo 15 > /v/PG_VERSION")
+    assert ops(argv) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert "Do not remove it" in line and "--roll-back" in line and "volume rm" not in line, line
+    sh("docker", "volume", "rm", f"{data}_pg15")
+
+    # A database the upgrade would not carry: refused, after the stop; everything put back.
+    sh("docker", "exec", st.names["postgres"], "psql", "-U", "postgres", "-c", "CREATE DATABASE reports")
+    sh("docker", "stop", "-t", "30", st.names["postgres"])
+    before = _digest(data)
+    sh("docker", "start", st.names["postgres"])
+    _running(st)
+    assert ops(argv) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert "database reports" in line and "identical to before" in line, line
+    _running(st)
+    sh("docker", "exec", st.names["postgres"], "psql", "-U", "postgres", "-c", "DROP DATABASE reports")
+
+    sh("docker", "stop", "-t", "30", st.names["postgres"])
+    before = _digest(data)
+    sh("docker", "start", st.names["postgres"])
+    _running(st)
+    lines = {}
+    for step in range(1, 10):
+        monkeypatch.setenv("OPS_FAIL_AFTER", str(step))
+        assert ops(argv) == 1
+        lines[step] = one_error_line(capsys.readouterr().err)
+        assert f"injected failure after step {step}" in lines[step]
+        assert "PostgreSQL 15 data again, identical to before" in lines[step] or "not touched" in lines[step]
+        assert sh("docker", "volume", "inspect", f"{data}_pg15", check=False).returncode != 0, "rollback left"
+        _running(st)
+        sh("docker", "stop", "-t", "30", st.names["postgres"])
+        assert _digest(data) == before, f"failure after step {step} changed {data}"
+        sh("docker", "start", st.names["postgres"])
+        _running(st)
+    monkeypatch.delenv("OPS_FAIL_AFTER")
+    print("\n".join(f"failure after step {k}: {v}" for k, v in lines.items()))
+    assert len(json.loads(http("GET", st.url("api", "/prices?limit=1000"))[1])) == len(ROWS)
+
+
+def test_upgrade_from_15_to_17_keeps_every_row(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    st = _up(project)
     before = json.loads(http("GET", st.url("api", "/prices?limit=1000"))[1])
     assert len(before) == len(ROWS)
     data = st.s.volumes[VOL_DATA]
@@ -91,3 +161,17 @@ def test_upgrade_from_15_to_17_keeps_every_row(project: Path, capsys: pytest.Cap
     assert http("POST", st.url("api", "/prices"), {"symbol": "AFTER", "day": "2031-01-01", "close": "1"})[0] == 201
     server = sh("docker", "exec", st.names["postgres"], "postgres", "--version").stdout
     assert " 17." in server
+
+    # Upgrading again while the copy is kept: it names the way back, and removal only once 17 ran well.
+    capsys.readouterr()
+    assert ops(["upgrade", "--stack", STACK, "--to-image", NEW_IMAGE, "--project", str(project)]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert "--roll-back" in line and "now holds PostgreSQL 17" in line and "Once the stack has run well" in line
+    # Back to 15 with one command: the kept copy, proven identical.
+    st.compose("stop", "--timeout", "30")
+    kept = _digest(f"{data}_pg15")
+    assert ops(["upgrade", "--stack", STACK, "--roll-back", "--project", str(project)]) == 0, capsys.readouterr().err
+    assert _digest(data) == kept
+    _write_stack(project, OLD_IMAGE, 15)
+    st = _up(project)
+    assert json.loads(http("GET", st.url("api", "/prices?limit=1000"))[1]) == before
