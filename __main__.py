@@ -10,7 +10,7 @@ from components.compose import compose_text
 from components.credentials import Credentials, CredentialsArgs
 from components.database import Database, DatabaseArgs
 from components.network import Network, NetworkArgs
-from components.settings import SECRET_ADMIN, SECRET_APP_DB, SECRET_POSTGRES, SECRETS
+from components.settings import SECRET_ADMIN, SECRET_APP_DB, SECRET_BACKUP_DB, SECRET_POSTGRES, SECRETS
 from components.stack_config import read_stack_config
 from components.swarm import SwarmFiles, SwarmFilesArgs, SwarmServices, SwarmServicesArgs
 from components.swarm_model import PROXY_SERVICE, swarm_model
@@ -64,6 +64,7 @@ def single_host() -> None:
     pulumi.export("postgres_password", credentials.passwords[SECRET_POSTGRES.name])
     pulumi.export("app_db_password", credentials.passwords[SECRET_APP_DB.name])
     pulumi.export("admin_password", credentials.passwords[SECRET_ADMIN.name])
+    pulumi.export("backup_db_password", credentials.passwords[SECRET_BACKUP_DB.name])
 
 
 def swarm() -> None:
@@ -100,6 +101,7 @@ def swarm() -> None:
     pulumi.export("postgres_password", credentials.passwords[SECRET_POSTGRES.name])
     pulumi.export("app_db_password", credentials.passwords[SECRET_APP_DB.name])
     pulumi.export("admin_password", credentials.passwords[SECRET_ADMIN.name])
+    pulumi.export("backup_db_password", credentials.passwords[SECRET_BACKUP_DB.name])
 
 
 if settings.target == "swarm":

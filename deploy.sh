@@ -37,6 +37,12 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   echo "$want" > "$stamp"
 fi
 
+# --- an operation holds the stack: deploying now could start a server on a volume it is filling ----
+lock=$(.venv/bin/python -c 'import sys; from components.stack_file import settings_from_file
+print(settings_from_file(sys.argv[1]).ops_lock)' "$stack")
+holder=$(docker container inspect -f '{{index .Config.Labels "stock-analyzer.ops-lock.command"}}' "$lock" 2>/dev/null || true)
+[ -z "$holder" ] || fail "stack $stack is held by \`python -m components.ops $holder\` (docker container inspect $lock): wait until it ends, then deploy"
+
 if command -v pulumi >/dev/null; then
   # --- Pulumi: state and secrets in the project unless chosen already ------------------------------
   if [ -z "${PULUMI_BACKEND_URL:-}" ] && ! pulumi whoami >/dev/null 2>&1; then

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Logical backups of the stack's database, run in the db-backup container (the stack's Postgres image,
-# uid 999, the superuser password as a file). POSIX sh (dash).
+# uid 999, the backup role's password as a file; `restore` is given the superuser by ops). POSIX sh (dash).
 #
 #   backup.sh loop            back up now, then every BACKUP_INTERVAL_S seconds; a failed attempt is
 #                             retried with back-off, and the loop never exits (the container's command)
@@ -43,9 +43,12 @@ log() { printf '%s backup: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 now_utc() { date -u +%Y-%m-%dT%H:%M:%SZ; }
 
+# The backup role's password file; a restore is given the superuser (PGUSER, PGPASSWORD) for its one run.
 password() {
-  PGPASSWORD=$(cat "$POSTGRES_PASSWORD_FILE")
-  export PGPASSWORD
+  if [ -z "${PGPASSWORD:-}" ]; then
+    PGPASSWORD=$(cat "$BACKUP_DB_PASSWORD_FILE")
+    export PGPASSWORD
+  fi
 }
 
 lock() {
@@ -196,7 +199,7 @@ restore_stream() {  # $1 file, $2 where pg_restore's exit status goes
     echo failed > "$2"
     return 0
   fi
-  printf '\\set app_group %s\n\\i %s/privileges.sql\nCOMMIT;\n' "$APP_GROUP" "$here"
+  printf '\\set app_group %s\n\\set schemas %s\n\\i %s/privileges.sql\nCOMMIT;\n' "$APP_GROUP" "'${APP_SCHEMAS:-}'" "$here"
   echo ok > "$2"
 }
 

@@ -124,12 +124,13 @@ class SecretSpec:
 SECRET_POSTGRES = SecretSpec("postgres_password", "postgresPassword", "database superuser password")
 SECRET_APP_DB = SecretSpec("app_db_password", "appDbPassword", "password of the app's database role")
 SECRET_ADMIN = SecretSpec("admin_password", "adminPassword", "admin UI password")
+SECRET_BACKUP_DB = SecretSpec("backup_db_password", "backupDbPassword", "password of the backup role")
 # Initialises an empty data directory and nothing else: the provisioning job then moves the superuser to
 # SECRET_POSTGRES. The server container carries only this one, so a superuser rotation never changes (or
 # restarts) the server.
 SECRET_POSTGRES_BOOTSTRAP = SecretSpec("postgres_bootstrap_password", "", "bootstrap superuser password",
                                        configurable=False)
-SECRETS = (SECRET_POSTGRES, SECRET_APP_DB, SECRET_ADMIN, SECRET_POSTGRES_BOOTSTRAP)
+SECRETS = (SECRET_POSTGRES, SECRET_APP_DB, SECRET_ADMIN, SECRET_BACKUP_DB, SECRET_POSTGRES_BOOTSTRAP)
 # The ones a stack may supply (config key) and rotate (version trigger).
 USER_SECRETS = tuple(s for s in SECRETS if s.configurable)
 
@@ -224,6 +225,10 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("dbName", "string", "Database name.", "stock_analysis"),
     ConfigKey("dbSuperuser", "string", "Database superuser (used only by the provisioning job).", "postgres"),
     ConfigKey("dbAppUser", "string", "Least-privileged login role the app connects as.", "stock_app"),
+    ConfigKey("appSchemas", "string", "The app's schemas, comma-separated (an adopted legacy database may use more "
+              "than public); empty: every schema that holds a table.", ""),
+    ConfigKey("dbBackupUser", "string", "Login role of the scheduled backups: reads everything (pg_read_all_data), "
+              "writes nothing.", "stock_backup"),
     ConfigKey("postgresHostPort", "integer", "Host port for Postgres; 0 publishes nothing (required in prod).", "0"),
     ConfigKey("postgresHostIp", "string", "Host address for the Postgres port; loopback only.", "127.0.0.1"),
     ConfigKey("apiHostPort", "integer", "Host port of the API (container port 5000).", "5000"),
@@ -326,6 +331,7 @@ class StackSettings:
     db_name: str
     db_superuser: str
     db_app_user: str
+    db_backup_user: str
     admin_user: str
     protect_data: bool
     log_max_size: str
@@ -350,6 +356,12 @@ class StackSettings:
     @property
     def prefix(self) -> str:
         return f"{self.project}-{self.stack}"
+
+    @property
+    def ops_lock(self) -> str:
+        """The container whose existence says an operation (restore, upgrade, adopt) holds the stack; ops and
+        deploy.sh refuse to start beside it."""
+        return f"{self.prefix}-ops-lock"
 
     @property
     def containers(self) -> tuple[ContainerSpec, ...]:
@@ -559,6 +571,12 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
     if superuser in app_roles:
         raise _fail("dbSuperuser", superuser, f"a role other than the app's roles {', '.join(app_roles)} "
                     f"(derived from {PROJECT}:dbAppUser)")
+    app_schemas = r.parsed("appSchemas", _schema_list, "empty, or schema names ([a-z_][a-z0-9_]*, not pg_*) "
+                           "separated by commas, e.g. public,analytics")
+    backup_user = r.role("dbBackupUser")
+    if backup_user == superuser or backup_user in app_roles:
+        raise _fail("dbBackupUser", backup_user, f"a role other than the superuser and the app's roles "
+                    f"{', '.join((superuser, *app_roles))}")
     restart = r.choice("restartPolicy", SERVICE_RESTART_POLICIES)
     max_retries = r.integer("restartMaxRetries", 1, 100) if restart == "on-failure" else None
     admin_user = r.parsed("adminUser", lambda v: v if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v) else _raise(),
@@ -671,6 +689,9 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
             "APP_CREDENTIALS_FILE": APP_CREDENTIALS_FILE,
             "APP_DB_PASSWORD_FILE": SECRET_APP_DB.path,
             "APP_DB_USER": app_user,
+            "APP_SCHEMAS": app_schemas,
+            "BACKUP_DB_USER": backup_user,
+            "BACKUP_DB_PASSWORD_FILE": SECRET_BACKUP_DB.path,
             "APP_UID": str(APP_UID),
             "PGDATABASE": db_name,
             "PGHOST": DB_ALIAS,
@@ -684,7 +705,8 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
             "BACKUP_DIR": BACKUP_DIR,
             "BACKUP_UID": str(POSTGRES_UID),
         }.items())),
-        secrets=tuple(SecretMount(spec, 0) for spec in (SECRET_POSTGRES, SECRET_APP_DB, SECRET_POSTGRES_BOOTSTRAP)),
+        secrets=tuple(SecretMount(spec, 0)
+                      for spec in (SECRET_POSTGRES, SECRET_APP_DB, SECRET_BACKUP_DB, SECRET_POSTGRES_BOOTSTRAP)),
         pids_limit=64,
         ports=(),
         healthcheck=None,
@@ -709,6 +731,7 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         command=("loop",),
         env=tuple(sorted({
             "APP_GROUP": app_role_names(app_user)[2],
+            "APP_SCHEMAS": app_schemas,
             "BACKUP_DIR": BACKUP_DIR,
             "BACKUP_INTERVAL_S": str(backup_interval_min * 60),
             "BACKUP_KEEP": str(backup_keep),
@@ -716,10 +739,12 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
             "PGDATABASE": db_name,
             "PGHOST": DB_ALIAS,
             "PGPORT": str(POSTGRES_PORT),
-            "PGUSER": superuser,
-            "POSTGRES_PASSWORD_FILE": SECRET_POSTGRES.path,
+            # Least privilege: the backup role reads, never writes; a restore gets the superuser for its one
+            # run from the operations CLI (components/ops), never from this container's own files.
+            "PGUSER": backup_user,
+            "BACKUP_DB_PASSWORD_FILE": SECRET_BACKUP_DB.path,
         }.items())),
-        secrets=(SecretMount(SECRET_POSTGRES, POSTGRES_UID),),
+        secrets=(SecretMount(SECRET_BACKUP_DB, POSTGRES_UID),),
         ports=(),
         # Healthy while the last backup attempt succeeded; the first runs at start.
         healthcheck=Healthcheck(test=("CMD", "sh", f"{BACKUP_TARGET}/backup.sh", "health"), interval_s=30,
@@ -761,6 +786,7 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         db_name=db_name,
         db_superuser=superuser,
         db_app_user=app_user,
+        db_backup_user=backup_user,
         admin_user=admin_user,
         protect_data=protect,
         log_max_size=r.parsed("logMaxSize", lambda v: v if _LOG_SIZE.fullmatch(v) else _raise(),
@@ -813,6 +839,15 @@ def spec_labels(spec: ContainerSpec, settings: StackSettings) -> dict[str, str]:
         "stock-analyzer.stack": settings.stack,
         **{f"stock-analyzer.policy-exception.{policy}": reason for policy, reason in spec.policy_exceptions},
     }
+
+
+def _schema_list(value: str) -> str:
+    names = value.split(",") if value else []
+    if any(not _IDENT.fullmatch(n) or n.startswith("pg_") or n == "information_schema" for n in names):
+        raise ValueError
+    if len(set(names)) != len(names):
+        raise ValueError
+    return value
 
 
 def is_image_ref(value: str) -> bool:

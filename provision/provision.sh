@@ -14,7 +14,7 @@
 #   su_recorded   ... and record it as the server's
 #   guard         refuse to touch any role with superuser rights (guard.sql)
 #   roles         the app's idle login role, its group, grants and schema (provision.sql), then the new
-#                 password on the idle role
+#                 password on the idle role; the backup role (backup_role.sql) and its password
 #   swap          the credential file the app reads on every connection names the new role (atomic)
 #   drain         wait until no other app role has sessions (bounded)
 #   disable       the other login role loses its login; roles left over from a renamed dbAppUser lose
@@ -185,13 +185,18 @@ fi
 if [ "$active" = "$slot_a" ]; then idle="$slot_b"; else idle="$slot_a"; fi
 
 sqlv() {
-  sql -v su="$PGUSER" -v active="$active" -v idle="$idle" -v app_group="$group" -v previous="$cur_user" "$@"
+  sql -v su="$PGUSER" -v active="$active" -v idle="$idle" -v app_group="$group" -v previous="$cur_user" \
+    -v schemas="${APP_SCHEMAS:-}" "$@"
 }
 sqlv -f /provision/guard.sql
 step_done guard
 
 sqlv -f /provision/provision.sql
 set_password "$active" "$APP_DB_PASSWORD_FILE"
+if [ -n "${BACKUP_DB_USER:-}" ]; then
+  sql -v backup="$BACKUP_DB_USER" -v su="$PGUSER" -f /provision/backup_role.sql
+  set_password "$BACKUP_DB_USER" "$BACKUP_DB_PASSWORD_FILE"
+fi
 step_done roles
 
 if [ -n "$given" ]; then

@@ -42,7 +42,7 @@ def test_credentials_alone_generates_only_what_is_not_provided() -> None:
     checks: dict[str, bool] = {}
     rec = run(body, "t1", {})
     assert sorted(r.name for r in rec.of_type("random:index/randomPassword:RandomPassword")) == [
-        "c-app-db-password", "c-postgres-bootstrap-password", "c-postgres-password"]
+        "c-app-db-password", "c-backup-db-password", "c-postgres-bootstrap-password", "c-postgres-password"]
     assert checks == {s.name: True for s in SECRETS}
 
 

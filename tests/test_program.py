@@ -46,7 +46,8 @@ def test_resource_graph(rec: Recording, stack: str) -> None:
     assert names == sorted([
         ("stock-analyzer:credentials:Credentials", "credentials"),
         *(("random:index/randomPassword:RandomPassword", f"credentials-{n}")
-          for n in ("postgres-password", "app-db-password", "admin-password", "postgres-bootstrap-password")),
+          for n in ("postgres-password", "app-db-password", "admin-password", "backup-db-password",
+                    "postgres-bootstrap-password")),
         ("stock-analyzer:network:Network", "network"),
         ("docker:index/network:Network", "network-backend"),
         ("docker:index/network:Network", "network-frontend"),
@@ -310,11 +311,11 @@ def _plaintext_hits(value: Any, needles: set[str], path: str = "") -> list[str]:
 
 
 def test_every_password_travels_as_secret(rec: Recording) -> None:
-    keys = ("postgres_password", "app_db_password", "admin_password")
+    keys = ("postgres_password", "app_db_password", "admin_password", "backup_db_password")
     for key in keys:
         assert is_secret(rec.outputs[key]), key
     passwords = {plain(rec.outputs[k]) for k in keys}
-    assert len(passwords) == 3 and all(len(p) >= 32 for p in passwords)
+    assert len(passwords) == 4 and all(len(p) >= 32 for p in passwords)
     for r in rec.resources:
         assert _plaintext_hits(r.inputs, passwords) == [], r.name
     assert _plaintext_hits(rec.outputs, passwords) == []

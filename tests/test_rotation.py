@@ -13,14 +13,17 @@ from tests.pulumi_mocks import PROJECT, Recording, committed_config, is_secret, 
 EXPECTED = {
     "appDbPasswordVersion": {"credentials-app-db-password", "database-provision"},
     # The server container carries only the bootstrap password: it stays (issue #8: no restart, 0 failures).
-    # The backup container logs in as the superuser: it is replaced with the new password file.
-    "postgresPasswordVersion": {"credentials-postgres-password", "database-provision", "backup-runner"},
+    # The backup container logs in as its own role (issue #17): a superuser rotation leaves it alone.
+    "postgresPasswordVersion": {"credentials-postgres-password", "database-provision"},
     "adminPasswordVersion": {"credentials-admin-password", "app-admin"},
+    # The job sets the backup role's new password; the backup container gets the new file.
+    "backupDbPasswordVersion": {"credentials-backup-db-password", "database-provision", "backup-runner"},
 }
 # Stack output names, not values.
 OUTPUT = {"appDbPasswordVersion": "app_db_password",  # pragma: allowlist secret
           "postgresPasswordVersion": "postgres_password",  # pragma: allowlist secret
-          "adminPasswordVersion": "admin_password"}  # pragma: allowlist secret
+          "adminPasswordVersion": "admin_password",  # pragma: allowlist secret
+          "backupDbPasswordVersion": "backup_db_password"}  # pragma: allowlist secret
 
 
 def _inputs(rec: Recording) -> dict[str, str]:

@@ -116,7 +116,7 @@ def test_user_supplied_password_replaces_generated_one_and_stays_secret() -> Non
     own = "user-chosen-admin-credential-0123456789"
     rec = run_program("dev", _with("dev", adminPassword=own), secret_keys=("adminPassword",))
     names = {r.name for r in rec.of_type("random:index/randomPassword:RandomPassword")}
-    assert names == {"credentials-postgres-password", "credentials-app-db-password",
+    assert names == {"credentials-postgres-password", "credentials-app-db-password", "credentials-backup-db-password",
                      "credentials-postgres-bootstrap-password"}
     assert is_secret(rec.outputs["admin_password"]) and plain(rec.outputs["admin_password"]) == own
     admin = rec.containers()["admin"]
@@ -126,7 +126,7 @@ def test_user_supplied_password_replaces_generated_one_and_stays_secret() -> Non
 
 def test_empty_password_default_means_generate() -> None:
     rec = run_program("dev", _with("dev", adminPassword=""))
-    assert len(rec.of_type("random:index/randomPassword:RandomPassword")) == 4
+    assert len(rec.of_type("random:index/randomPassword:RandomPassword")) == 5
 
 
 def test_control_character_in_a_password_is_refused_without_echoing_it() -> None:
@@ -169,7 +169,7 @@ UNUSABLE = [
 
 
 @pytest.mark.parametrize(("value", "reason"), UNUSABLE)
-@pytest.mark.parametrize("key", ["adminPassword", "appDbPassword", "postgresPassword"])
+@pytest.mark.parametrize("key", ["adminPassword", "appDbPassword", "backupDbPassword", "postgresPassword"])
 def test_unusable_config_passwords_are_refused_before_any_resource(key: str, value: str, reason: str) -> None:
     with pytest.raises(pulumi.RunError) as err:
         run_program("dev", _with("dev", **{key: value}), secret_keys=(key,))
@@ -211,7 +211,9 @@ def test_matching_majors_pass() -> None:
 
 
 @pytest.mark.parametrize(("key", "value"), [("backupIntervalMinutes", "0"), ("backupIntervalMinutes", "4"),
-                                            ("backupKeep", "0"), ("backupKeep", "1001")])
+                                            ("backupKeep", "0"), ("backupKeep", "1001"),
+                                            ("backupKeepDaily", "-1"), ("backupKeepWeekly", "1001"),
+                                            ("backupKeepMonthly", "x")])
 def test_backup_schedule_bounds(key: str, value: str) -> None:
     with pytest.raises(ConfigError, match=key):
         load_settings(_prod_raw(**{key: value}), "prod")
@@ -243,3 +245,23 @@ def test_package_index_reaches_the_build_and_only_when_set() -> None:
     assert args["PIP_INDEX_URL"] == "https://pypi.example.internal/simple"
     assert args["PIP_TRUSTED_HOST"] == "pypi.example.internal"
     assert "PIP_INDEX_URL" not in run_program("dev").named("app-image").inputs["build"]["args"]
+
+
+@pytest.mark.parametrize("value", ["public,", ",public", "public,,analytics", "public analytics", "Analytics",
+                                   "pg_catalog", "information_schema", "public,public", "public;drop"])
+def test_app_schemas_are_judged_whole(value: str) -> None:
+    with pytest.raises(ConfigError, match="appSchemas") as err:
+        load_settings(_prod_raw(appSchemas=value), "prod")
+    assert repr(value) in str(err.value) or value in str(err.value)
+
+
+@pytest.mark.parametrize("value", ["", "public", "public,analytics", "analytics"])
+def test_app_schemas_reach_the_job_and_every_restore(value: str) -> None:
+    s = load_settings(_prod_raw(appSchemas=value), "prod")
+    assert dict(s.provision.env)["APP_SCHEMAS"] == value == dict(s.backup.env)["APP_SCHEMAS"]
+
+
+@pytest.mark.parametrize("value", ["postgres", "stock_app", "stock_app_b", "stock_app_rw"])
+def test_the_backup_role_is_none_of_the_others(value: str) -> None:
+    with pytest.raises(ConfigError, match="dbBackupUser"):
+        load_settings(_prod_raw(dbBackupUser=value), "prod")

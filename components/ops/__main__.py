@@ -40,6 +40,8 @@ from components.settings import (
 from components.stack_file import PROJECT_DIR, settings_from_file
 
 BACKUP_SCRIPT = "/backup/backup.sh"
+# Commands that hold the stack while they run (see Engine.stack_lock); the others refuse while one does.
+EXCLUSIVE = ("adopt", "restore", "upgrade")
 _BACKUP_ID = re.compile(r"[a-z_][a-z0-9_]{0,62}-[0-9]{8}T[0-9]{6}Z")
 
 
@@ -103,6 +105,8 @@ def adopt(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
     comparison = migrate(engine, s, Source(legacy, source_image, args.user, args.database, password),
                          s.postgres_image, generate_password(), progress)
     print(comparison.table())
+    for line in comparison.review:
+        print(f"review: {line}")
     print(f"adopted in {time.monotonic() - started:.1f} s: {len(comparison.rows)} objects identical. "
           f"{legacy} was not written. Next: `pulumi up --stack {s.stack}` or the compose export and "
           "`docker compose up -d` (docs/operations.md)")
@@ -350,11 +354,18 @@ def restore(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
     what = (f"restore replaces {sum(rows.values())} rows in {len(rows)} tables of {s.db_name} with backup "
             f"{entry.id} ({entry.kind}, taken {entry.taken})")
     _confirm(s, args, what)
+    # The superuser reaches the restore step alone: read from the provisioning job's record (archive API),
+    # handed to this one exec (not in `docker inspect`, not in the backup container's files).
+    superuser_password = engine.read_file(s.postgres_image, s.volumes[VOL_PROVISION_STATE], SUPERUSER_RECORD)
+    if not superuser_password:
+        raise OpsError("no superuser password recorded by the provisioning job: run `up` once first; nothing "
+                       "restored")
     progress = Progress(1)
     progress.say(what)
     with progress.step(f"verify {entry.id} (size, SHA-256, full read-back), take a safety copy of {s.db_name}, "
                        "restore in one transaction"):
-        code, out = engine.sh(_backup_container(s, engine), f"sh {BACKUP_SCRIPT} restore {entry.id}", user="",
+        code, out = engine.sh(_backup_container(s, engine), f"sh {BACKUP_SCRIPT} restore {entry.id}",
+                              env={"PGUSER": s.db_superuser, "PGPASSWORD": superuser_password}, user="",
                               check=False, stdout_only=True)
         if code != 0:
             raise OpsError(f"restore failed, the database is unchanged: {_last_line(out, code)}")
@@ -421,6 +432,13 @@ def main(argv: list[str] | None = None) -> int:
         engine = Engine()
         command = {"adopt": adopt, "backup": backup, "backups": backups, "restore": restore,
                    "upgrade": upgrade}[args.command]
+        if args.command in EXCLUSIVE:
+            # Nothing else may start a server on a volume this command is emptying or filling.
+            with engine.stack_lock(s.ops_lock, s.stack, args.command, s.postgres_image):
+                return command(args, s, engine)
+        holder = engine.lock_holder(s.ops_lock)
+        if holder:
+            raise OpsError(holder)
         return command(args, s, engine)
     except docker.errors.DockerException as err:
         # What the engine refused that no check above foresaw: still one line, never a traceback.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import sys
 import tarfile
 import time
@@ -15,6 +16,8 @@ import docker
 import docker.errors
 import requests
 from docker.models.containers import Container
+
+LOCK_LABEL = "stock-analyzer.ops-lock"
 
 
 class OpsError(Exception):
@@ -223,6 +226,36 @@ class Engine:
         for net in self.client.networks.list(names=[name]):
             if net.name == name:
                 net.remove()
+
+    @contextmanager
+    def stack_lock(self, name: str, stack: str, command: str, image: str) -> Iterator[None]:
+        """Hold the stack for one operation: a container named `name` that never starts. Creating it is atomic
+        on the engine, so a second holder is refused; removed when the operation ends, however it ends."""
+        labels = {LOCK_LABEL: stack, f"{LOCK_LABEL}.command": command, f"{LOCK_LABEL}.pid": str(os.getpid()),
+                  f"{LOCK_LABEL}.host": socket.gethostname(),
+                  f"{LOCK_LABEL}.since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        try:
+            self.client.containers.create(image, command=["true"], entrypoint=[], name=name, network_mode="none",
+                                          labels=labels)
+        except docker.errors.APIError as err:
+            if err.status_code == 409:
+                raise OpsError(self.lock_holder(name) or f"{name} appeared meanwhile: try again") from None
+            raise
+        try:
+            yield
+        finally:
+            self.remove_container(name)
+
+    def lock_holder(self, name: str) -> str | None:
+        """Who holds the stack, in one line with what to do, or None when nobody does."""
+        c = self.container(name)
+        if c is None:
+            return None
+        labels = c.labels
+        return (f"the stack is held by `ops {labels.get(f'{LOCK_LABEL}.command', '?')}` (pid "
+                f"{labels.get(f'{LOCK_LABEL}.pid', '?')} on {labels.get(f'{LOCK_LABEL}.host', '?')}, since "
+                f"{labels.get(f'{LOCK_LABEL}.since', '?')}): wait until it ends; if no such command runs any more "
+                f"(it was killed), remove the lock: docker rm {name}")
 
     def stack_containers(self, stack: str) -> list[Container]:
         return list(self.client.containers.list(all=True, filters={"label": f"stock-analyzer.stack={stack}"}))

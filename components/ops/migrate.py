@@ -32,6 +32,7 @@ from components.settings import (
 
 INVENTORY_SQL = (Path(__file__).resolve().parent / "sql" / "inventory.sql").read_text(encoding="utf-8")
 CARRY_SQL = (Path(__file__).resolve().parent / "sql" / "carry.sql").read_text(encoding="utf-8")
+REVIEW_SQL = (Path(__file__).resolve().parent / "sql" / "review.sql").read_text(encoding="utf-8")
 # The provisioning job's record of the superuser password the server has (provision/provision.sh, su_known).
 SUPERUSER_RECORD = "postgres_password"
 _ALPHABET = string.ascii_letters + string.digits
@@ -49,6 +50,7 @@ class Source:
 @dataclass(frozen=True)
 class Comparison:
     rows: list[tuple[str, str, str, str]]  # kind, name, source value, target value
+    review: tuple[str, ...] = ()  # what runs with the superuser's rights, one line each (review.sql)
 
     @property
     def mismatches(self) -> list[tuple[str, str, str, str]]:
@@ -127,7 +129,8 @@ def migrate(engine: Engine, s: StackSettings, source: Source, target_image: str,
                      "POSTGRES_PASSWORD_FILE": "/run/ops/superuser"},
                 mounts={data_volume: (PGDATA, "rw")}, network=names["network"], aliases=["target"],
                 files={"/run/ops/superuser": (superuser_password, POSTGRES_UID, 0o400),
-                       "/run/ops/inventory.sql": (INVENTORY_SQL, POSTGRES_UID, 0o444)},
+                       "/run/ops/inventory.sql": (INVENTORY_SQL, POSTGRES_UID, 0o444),
+                       "/run/ops/review.sql": (REVIEW_SQL, POSTGRES_UID, 0o444)},
                 # Load settings for this one run (the stack starts it with its own): no WAL for data that
                 # is COPYed into tables created in the same transaction (wal_level=minimal, one
                 # transaction), the relation files fsynced at commit; more memory for index builds.
@@ -152,7 +155,10 @@ def migrate(engine: Engine, s: StackSettings, source: Source, target_image: str,
                 dst_inv = _inventory(engine, tgt, "/var/run/postgresql", s.db_superuser, s.db_name, None)
                 src_inv = src_future.result()
         keys = sorted(set(src_inv) | set(dst_inv))
-        comparison = Comparison([(k[0], k[1], src_inv.get(k, "missing"), dst_inv.get(k, "missing")) for k in keys])
+        _, review = engine.sh(tgt, 'psql -X -A -t -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -U "$SU" -d "$DB" '
+                                   '-f /run/ops/review.sql', {"SU": s.db_superuser, "DB": s.db_name})
+        comparison = Comparison([(k[0], k[1], src_inv.get(k, "missing"), dst_inv.get(k, "missing")) for k in keys],
+                                tuple(line for line in review.splitlines() if line.strip()))
         if comparison.mismatches:
             raise OpsError(f"the copy differs from the source in {len(comparison.mismatches)} object(s):\n"
                            + comparison.table())

@@ -117,6 +117,7 @@ def test_adopt_copies_everything_and_the_stack_comes_up(legacy: Legacy, stack: S
     assert code == 0, err
     assert "[7/7] record the superuser password" in err  # progress was shown
     for line in ("table public.stock_prices", "table public.watchlists", "table public.analysis_runs",
+                 "table analytics.signals",
                  "sequence public.watchlists_id_seq", "view public.latest_prices",
                  "index public.stock_prices_symbol_idx", "function public.average_close(sym text)"):
         row = next(r for r in out.splitlines() if r.startswith(line))
@@ -139,6 +140,15 @@ def test_adopt_copies_everything_and_the_stack_comes_up(legacy: Legacy, stack: S
         assert owners == [(stack.s.db_superuser,)]
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("DROP TABLE analysis_runs")
+    with psycopg.connect(postgres_dsn(stack.s), user=user, password=password) as conn:
+        # Every application schema, not only public: the legacy app wrote analytics.signals.
+        conn.execute("INSERT INTO analytics.signals (symbol, strength) VALUES ('NEW', 1)")
+        assert conn.execute("SELECT count(*) FROM analytics.signals").fetchone() == (31,)
+        # Runs with the superuser's rights: listed for review, not callable by the app.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT purge_prices()")
+    assert "review: SECURITY DEFINER function public.purge_prices() runs as" in out
+    assert "review: view public.latest_prices is owned by superuser" in out
 
 
 def test_adopt_refuses_a_stack_that_holds_data(legacy: Legacy, stack: Stack,

@@ -20,6 +20,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from components.ops.engine import Engine
 from components.settings import BACKUP_DIR, VOL_BACKUPS, VOL_DATA, StackSettings
 from tests.docker.compose_support import Stack, exported_stack, open_credentials
 from tests.docker.support import http, one_error_line, postgres_dsn, run_ops, sh, wait_for
@@ -125,6 +126,12 @@ def _exec(stack: Stack, *args: str, env: dict[str, str] | None = None, check: bo
     return sh("docker", "exec", *flags, stack.s.backup.container_name, *args, check=check, timeout=timeout)
 
 
+def _restore_in_container(stack: Stack, backup_id: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """backup.sh restore as `ops restore` runs it: the superuser handed to this one exec."""
+    return _exec(stack, "sh", SCRIPT, "restore", backup_id, env={
+        "PGUSER": stack.s.db_superuser, "PGPASSWORD": stack.secret("postgres_password"), **env})
+
+
 def _read_backup(stack: Stack, backup_id: str) -> bytes:
     return subprocess.run(["docker", "exec", stack.s.backup.container_name, "cat", f"{BACKUP_DIR}/{backup_id}.dump"],
                           capture_output=True, check=True, timeout=60).stdout
@@ -202,7 +209,7 @@ def test_the_transaction_alone_rolls_back_every_cut(stack: Stack, capsys: pytest
     for cut in cuts:
         backup_id = _planted_id()
         _plant(stack, backup_id, data[:cut], None)
-        result = _exec(stack, "sh", SCRIPT, "restore", backup_id, env={"BACKUP_FAULT_SKIP_CHECKS": "1"})
+        result = _restore_in_container(stack, backup_id, BACKUP_FAULT_SKIP_CHECKS="1")
         assert result.returncode == 1, (cut, result.stdout, result.stderr)
         assert "rolled back: the database is unchanged" in result.stderr, result.stderr
         # It failed for the cut, not for anything else (a login, say).
@@ -214,7 +221,7 @@ def test_the_transaction_alone_rolls_back_every_cut(stack: Stack, capsys: pytest
         conn.execute("INSERT INTO stock_prices (symbol, day, close) VALUES ('CTRL', '1999-01-01', 1)")
     whole = _planted_id()
     _plant(stack, whole, data, None)
-    result = _exec(stack, "sh", SCRIPT, "restore", whole, env={"BACKUP_FAULT_SKIP_CHECKS": "1"})
+    result = _restore_in_container(stack, whole, BACKUP_FAULT_SKIP_CHECKS="1")
     assert result.returncode == 0, result.stderr
     assert fingerprint(stack) == before
     _api_writes(stack, "TXN")
@@ -455,6 +462,49 @@ def test_the_safety_copy_never_prunes_the_backup_being_restored(
     old = _planted_id()
     _plant(stack, old, _read_backup(stack, good), _meta(stack, good).replace(good, old))
     tight = {"BACKUP_KEEP": "1", "BACKUP_KEEP_DAILY": "1", "BACKUP_KEEP_WEEKLY": "0", "BACKUP_KEEP_MONTHLY": "0"}
-    result = _exec(stack, "sh", SCRIPT, "restore", old, env=tight)
+    result = _restore_in_container(stack, old, **tight)
     assert result.returncode == 0, result.stderr
     assert _exec(stack, "sh", SCRIPT, "verify", old).returncode == 0
+
+
+def test_an_operation_holds_the_stack_against_others_and_deploys(
+        stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    """While an operation holds the stack (here: as `ops restore` takes it), a second operation, a backup and
+    ./deploy.sh each refuse in one line naming the holder; afterwards they work."""
+    backup_id = _take(capsys)
+    before = sh("docker", "ps", "-aq", "--filter", f"name=^{stack.s.prefix}-").stdout.split()
+    engine = Engine()
+    with engine.stack_lock(stack.s.ops_lock, stack.s.stack, "restore", stack.s.postgres_image):
+        for argv in (("restore", "--stack", "dev", backup_id, "--yes"), ("backup", "--stack", "dev"),
+                     ("upgrade", "--stack", "dev", "--to-image", "postgres:17.6-trixie"),
+                     ("adopt", "--stack", "dev", "--from-volume", "x", "--password-file", "/nonexistent")):
+            code, _, err = run_ops(capsys, *argv)
+            line = one_error_line(err)
+            assert code == 1 and "held by `ops restore`" in line and f"docker rm {stack.s.ops_lock}" in line, line
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PULUMI_", "VIRTUAL_ENV"))}
+        env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not (Path(p) / "pulumi").exists())
+        deploy = subprocess.run(["./deploy.sh", "dev"], cwd=ROOT, env=env, capture_output=True, text=True,
+                                timeout=300, check=False)
+        assert deploy.returncode == 1 and "is held by `python -m components.ops restore`" in deploy.stderr, deploy
+        lock = sh("docker", "ps", "-aq", "--filter", f"name=^{stack.s.ops_lock}$").stdout.split()
+        assert set(sh("docker", "ps", "-aq", "--filter", f"name=^{stack.s.prefix}-").stdout.split()) == {
+            *before, *lock}, "deploy.sh created or removed containers"
+    assert engine.lock_holder(stack.s.ops_lock) is None
+    assert run_ops(capsys, "backup", "--stack", "dev")[0] == 0
+
+
+def test_scheduled_backups_log_in_as_a_role_that_only_reads(stack: Stack) -> None:
+    role, password = stack.s.db_backup_user, stack.secret("backup_db_password")
+    env = dict(stack.s.backup.env)
+    assert env["PGUSER"] == role and "POSTGRES_PASSWORD_FILE" not in env
+    mounted = _exec(stack, "ls", "/run/secrets", check=True).stdout.split()
+    assert mounted == ["backup_db_password"], mounted
+    with psycopg.connect(postgres_dsn(stack.s), user=role, password=password, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) > 0 FROM stock_prices").fetchone() == (True,)
+        for statement in ("INSERT INTO stock_prices (symbol, day, close) VALUES ('NO', '1990-01-01', 1)",
+                          "DELETE FROM stock_prices", "CREATE TABLE x (i int)", "DROP TABLE stock_prices"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+    dsn = postgres_dsn(stack.s).replace(f"dbname={stack.s.db_name}", "dbname=postgres")
+    with pytest.raises(psycopg.OperationalError, match="permission denied"):
+        psycopg.connect(dsn, user=role, password=password).close()

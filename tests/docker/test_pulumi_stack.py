@@ -207,8 +207,8 @@ def test_superuser_rotation(applied: Applied, deployed: dict[str, Any], dev_sett
         time.sleep(1)
     print(f"superuser rotation: update {took:.1f} s; {loop.count} requests, {len(loop.failures)} failed")
     # Issue #8: the server holds only the bootstrap password, so it is neither replaced nor restarted. The
-    # backup container logs in as the superuser: replaced after the job, with the new password file.
-    assert sorted(replaced) == ["backup-runner", "credentials-postgres-password", "database-provision"]
+    # backup container logs in as its own role (issue #17): untouched.
+    assert sorted(replaced) == ["credentials-postgres-password", "database-provision"]
     assert loop.failures == [] and loop.count >= 20
     assert inspect("stock-analyzer-dev-postgres")["State"]["StartedAt"] == pg_started
     assert len(_rows(after)) == len(ROTATION_ROWS)

@@ -10,7 +10,7 @@ SELECT 'role ' || r.rolname
   FROM pg_roles r
   LEFT JOIN pg_shdescription d ON d.objoid = r.oid AND d.classoid = 'pg_authid'::regclass
  WHERE r.rolname NOT LIKE 'pg\_%' AND r.rolname <> :'su'
-   AND coalesce(d.description, '') NOT LIKE 'stock-analyzer app %'
+   AND coalesce(d.description, '') NOT LIKE 'stock-analyzer %'
 UNION ALL
 SELECT 'setting of ' || coalesce(r.rolname, 'every role') || ' in ' || coalesce(d.datname, 'every database')
        || ': ' || array_to_string(s.setconfig, ', ')

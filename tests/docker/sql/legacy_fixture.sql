@@ -37,3 +37,8 @@ CREATE VIEW latest_prices AS
 SELECT DISTINCT ON (symbol) symbol, day, close FROM stock_prices ORDER BY symbol, day DESC;
 CREATE FUNCTION average_close(sym text) RETURNS numeric LANGUAGE sql STABLE AS
 $$ SELECT avg(close) FROM stock_prices WHERE symbol = sym $$;
+-- A second application schema the legacy app wrote, and a function that runs with its owner's rights.
+CREATE SCHEMA analytics;
+CREATE TABLE analytics.signals (id bigserial PRIMARY KEY, symbol text NOT NULL, strength real NOT NULL);
+INSERT INTO analytics.signals (symbol, strength) SELECT 'S' || i, i / 10.0 FROM generate_series(1, 30) AS i;
+CREATE FUNCTION purge_prices() RETURNS void LANGUAGE sql SECURITY DEFINER AS $$ DELETE FROM stock_prices $$;
