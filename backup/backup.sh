@@ -13,8 +13,8 @@
 #   backup.sh prune           apply the retention tiers (run after every good backup)
 #   backup.sh health          exit 0 while the last attempt succeeded and the last good backup is recent
 #
-# Every command that reads or writes backups holds one lock (flock on .lock in the backups volume), so two
-# runs never interleave; each run writes its own partial file, and only a run that holds the lock removes a
+# Every command that writes backups or restores one holds one lock (flock on .lock in the backups volume),
+# so two runs never interleave; each run writes its own partial file, and only a run that holds the lock removes a
 # partial (then it can only be a dead run's). A backup is `pg_dump -Fc` into its partial file, read back
 # in full (`pg_restore -f /dev/null` decodes every block; `--list` reads only the table of contents),
 # checksummed, flushed, recorded in ID.meta and only then renamed to ID.dump: a half-written dump never
@@ -249,7 +249,8 @@ case "${1:-}" in
     backup_now "${2:-on-demand}"
     ;;
   list)
-    lock
+    # No lock: a dump is renamed into place only after its record, so a listing never sees half of one,
+    # and it answers while a long backup runs.
     for id in $(ids); do
       sum=$(field sha256 "$dir/$id.meta")
       printf '%s\t%s\t%s\t%s\t%s\n' "$id" "$(wc -c < "$dir/$id.dump")" \

@@ -21,6 +21,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "app"))  # the test helpers it borrows import the app (pytest adds it likewise)
 
 from components import compose  # noqa: E402
 from components.ops.__main__ import main as ops  # noqa: E402
@@ -120,15 +121,17 @@ def main() -> int:
             st = Stack(tmp / "out", s)
             st.up()
             backup_c = s.backup.container_name
+            # As the stack does it: the dump as the backup role, the restore as the superuser.
             figures["bare pg_dump -Fc"] = timed("bare pg_dump -Fc -f", docker_sh, backup_c,
-                                                'PGPASSWORD=$(cat "$POSTGRES_PASSWORD_FILE") pg_dump -Fc '
+                                                'PGPASSWORD=$(cat "$BACKUP_DB_PASSWORD_FILE") pg_dump -Fc '
                                                 '-f /var/lib/backups/bare.dump')
+            superuser = {"PGUSER": s.db_superuser, "PGPASSWORD": st.secret("postgres_password")}
             figures["backup"] = timed("ops backup", ops, ["backup", "--stack", STACK, "--project", str(tmp)])
             backup_id = sh("docker", "exec", backup_c, "sh", "/backup/backup.sh", "list").stdout.split()[0]
             figures["bare pg_restore --clean"] = timed(
                 "bare pg_restore --clean", docker_sh, backup_c,
-                'PGPASSWORD=$(cat "$POSTGRES_PASSWORD_FILE") pg_restore --clean --if-exists --no-owner --no-acl '
-                '-d "$PGDATABASE" /var/lib/backups/bare.dump')
+                'pg_restore --clean --if-exists --no-owner --no-acl -d "$PGDATABASE" /var/lib/backups/bare.dump',
+                superuser)
             figures["restore"] = timed("ops restore", ops, ["restore", "--stack", STACK, backup_id,
                                                             "--project", str(tmp)])
             st.compose("down", "--timeout", "30")

@@ -104,3 +104,14 @@ def test_ids_outside_the_pattern_are_refused_before_anything(tmp_path: Path) -> 
         result = run(tmp_path, "restore", bad)
         assert result.returncode == 1 and "no such backup ID" in result.stderr, (bad, result.stderr)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_restore_applies_the_jobs_own_privilege_model() -> None:
+    """One file: what the provisioning job grants is what a restore grants again, inside its transaction."""
+    from components.stack_file import settings_from_file
+
+    s = settings_from_file("prod")
+    job = dict(s.provision.uploads)["/provision/privileges.sql"]
+    assert dict(s.backup.uploads)["/backup/privileges.sql"] == job
+    assert "\\ir privileges.sql" in dict(s.provision.uploads)["/provision/provision.sql"]
+    assert "privileges.sql" in SCRIPT.read_text()

@@ -227,11 +227,16 @@ def test_rotation_applied_as_the_cli_says_recreates_nothing(stack: Stack, up: fl
         assert http("GET", stack.url("admin", "/"), headers=basic(new))[0] == 200
         return
     dsn = postgres_dsn(stack.s)
+    if name == "backup_db_password":
+        # The backup container reads its file before every run: the next backup works, nothing restarted.
+        assert sh("docker", "exec", stack.s.backup.container_name, "sh", "/backup/backup.sh", "now").returncode == 0
     app_roles = [stack.s.db_app_user, f"{stack.s.db_app_user}_b"]
-    for user in [stack.s.db_superuser] if name == "postgres_password" else app_roles:
+    old_users = {"postgres_password": [stack.s.db_superuser], "backup_db_password": [stack.s.db_backup_user]}
+    for user in old_users.get(name, app_roles):
         with pytest.raises(psycopg.OperationalError, match=r"password authentication failed|not permitted to log in"):
             psycopg.connect(dsn, user=user, password=old).close()
-    user = stack.s.db_superuser if name == "postgres_password" else open_credentials(stack)[0]
+    user = {"postgres_password": stack.s.db_superuser, "backup_db_password": stack.s.db_backup_user}.get(
+        name) or open_credentials(stack)[0]
     with psycopg.connect(dsn, user=user, password=new) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
