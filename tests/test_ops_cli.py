@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 
 import pytest
+import requests
 
 from components.ops.__main__ import _confirm, image_argument
-from components.ops.engine import OpsError
+from components.ops.engine import Engine, OpsError
 from components.stack_file import settings_from_file
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
@@ -45,3 +46,21 @@ def test_a_protected_stack_needs_yes_without_a_terminal(monkeypatch: pytest.Monk
         _confirm(prod, argparse.Namespace(yes=False), "restore replaces 5 rows")
     _confirm(prod, argparse.Namespace(yes=True), "restore replaces 5 rows")  # confirmed: no question
     _confirm(settings_from_file("dev"), argparse.Namespace(yes=False), "x")  # dev protects nothing
+
+
+class _SlowContainer:
+    """A helper container that is still at work for the first `busy` waits."""
+
+    def __init__(self, busy: int) -> None:
+        self.busy = busy
+
+    def wait(self, timeout: int) -> dict[str, int]:
+        if self.busy:
+            self.busy -= 1
+            raise requests.exceptions.ReadTimeout("read timed out")
+        return {"StatusCode": 0}
+
+
+def test_a_long_copy_has_no_fixed_limit_and_says_it_is_at_work(capsys: pytest.CaptureFixture[str]) -> None:
+    assert Engine._wait(_SlowContainer(busy=3), "cp", every_s=1) == 0  # type: ignore[arg-type]
+    assert capsys.readouterr().err.count("cp still running after") == 3

@@ -149,6 +149,9 @@ def upgrade(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
     running = [c for c in engine.stack_containers(s.stack) if c.status == "running"]
     progress.say(f"upgrading {data} from PostgreSQL {old_major} to {new_major}; stopping "
                  f"{len(running)} container(s) of stack {s.stack} (downtime starts)")
+    progress.say(f"it carries database {s.db_name} (every schema, table, view, function, sequence); the stack's "
+                 "roles and grants are recreated by the provisioning job on the next `up`; it refuses, and puts "
+                 "everything back, if the cluster holds more (other databases, other roles, role settings)")
     started = time.monotonic()
     original: str | None = None
     try:
