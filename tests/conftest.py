@@ -37,7 +37,7 @@ def docker_cli() -> str:
     """The docker CLI, with a reachable engine. Skips without one, unless REQUIRE_DOCKER=1 (CI)."""
     if not _docker_reachable():
         if os.environ.get("REQUIRE_DOCKER") == "1":
-            pytest.fail("REQUIRE_DOCKER=1 but no Docker engine is reachable (../shared/docker-engine.sh start)")
+            pytest.fail("REQUIRE_DOCKER=1 but no Docker engine is reachable (as root: tools/docker-engine.sh start)")
         pytest.skip("no Docker engine reachable")
     return "docker"
 

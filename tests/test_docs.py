@@ -118,3 +118,16 @@ def test_the_readme_is_a_front_page() -> None:
     assert "```mermaid" in text and len(text) < 6000
     for link in re.findall(r"\]\((docs/[^)#]+)", text):
         assert (ROOT / link).is_file(), link
+
+
+def test_the_repository_stands_on_its_own() -> None:
+    """A clone has nothing beside it: no tracked file reaches outside the repository for a tool."""
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    outside = [f for f in files if (ROOT / f).is_file() and f != "tests/test_docs.py"
+               and any(s in (ROOT / f).read_text(errors="replace") for s in ("../shared", '"shared" /'))]
+    assert outside == []
+    for tool in ("tools/docker-engine.sh", "tests/docker/swarm-lab.sh"):
+        assert (ROOT / tool).stat().st_mode & 0o111, tool

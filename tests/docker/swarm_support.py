@@ -1,4 +1,4 @@
-"""The three-node Swarm lab (../shared/swarm-lab.sh) for the swarm tests: nodes, images, traffic.
+"""The three-node Swarm lab (tests/docker/swarm-lab.sh) for the swarm tests: nodes, images, traffic.
 
 Traffic goes only to the lab's own node addresses (192.168.231.11..), each bounded in time and count.
 """
@@ -11,12 +11,13 @@ import json
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tests.docker.support import BoundedLoop, sh
 from tests.pulumi_mocks import ROOT
 
-LAB = ROOT.parent / "shared" / "swarm-lab.sh"
+LAB = Path(__file__).resolve().parent / "swarm-lab.sh"
 NODES = 3
 DB_NODE = 2  # not node1, the leader: cutting the database node must not also cost the raft leader
 CUT_NODE = 3  # neither the leader nor the database node

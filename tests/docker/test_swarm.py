@@ -1,4 +1,4 @@
-"""The swarm target on a real three-node Swarm (../shared/swarm-lab.sh, endpoint mode dnsrr): the Pulumi
+"""The swarm target on a real three-node Swarm (tests/docker/swarm-lab.sh, endpoint mode dnsrr): the Pulumi
 path (the program's inputs under mocks, applied with the provider's semantics) through the whole
 scenario of issue 12, then `docker stack deploy` of the export. Figures are printed (pytest -s, or the
 captured output of a failure) and quoted in docs/swarm.md."""
