@@ -25,7 +25,10 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 for stack in dev prod; do .venv/bin/python -m components.compose --stack "$stack" --out "$out/$stack" >/dev/null; done
 .venv/bin/python -m components.compose --stack swarm --out "$out/swarm" --target swarm >/dev/null
-mapfile -t files < <(git ls-files)
+# tests/pinned/ holds the pinned outputs of the program under mocks and of the exporters: digests the mocks
+# derive from resource names, and content names derived from test values; every secret in them is written
+# as its length only (tests/test_pinned_outputs.py).
+mapfile -t files < <(git ls-files | grep -v '^tests/pinned/')
 report=$PWD/tools/secrets_report.py
 check_clean() { "$scan/bin/python" "$report"; }
 detect() { "$scan/bin/detect-secrets" "$@"; }

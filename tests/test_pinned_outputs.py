@@ -1,0 +1,94 @@
+"""What the program and the exporters produce, pinned: the mock-captured resources and outputs of dev, prod
+and swarm (type, name, URN, parent, inputs with their secretness, options), the compose files of dev and
+prod, and the stack file of swarm. A change that moves code without meaning to change behaviour must
+leave every file here identical; a change that means to change an output regenerates them and shows the
+difference in review:
+
+    python -m tests.test_pinned_outputs      # rewrites tests/pinned/
+
+A changed URN is a replaced live resource: look at those lines first."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pulumi.runtime import rpc
+
+from tests.pulumi_mocks import ROOT, run_program
+
+PINNED = Path(__file__).resolve().parent / "pinned"
+STACKS = ("dev", "prod", "swarm")
+
+
+def _marked(value: Any, secret: bool = False) -> Any:
+    """Plain JSON with each secret as {"secret": ...}, every string inside it written as its length only: a
+    secret that turns plain, or a value that becomes secret, shows; no (mock) password is written down."""
+    if rpc.is_rpc_secret(value):
+        return {"secret": _marked(rpc.unwrap_rpc_secret(value), True)}
+    if isinstance(value, dict):
+        return {k: _marked(v, secret) for k, v in sorted(value.items())}
+    if isinstance(value, list):
+        return [_marked(v, secret) for v in value]
+    if secret and isinstance(value, str):
+        return f"<{len(value)} characters>"
+    return value
+
+
+def program_snapshot(stack: str) -> str:
+    rec = run_program(stack)  # registration order is asynchronous: sorted by URN below
+    resources = [{
+        "type": r.type, "name": r.name, "urn": r.urn, "parent": r.parent, "custom": r.custom,
+        "inputs": _marked(r.inputs), "dependencies": r.dependencies, "protect": r.protect,
+        "delete_before_replace": r.delete_before_replace, "retain_on_delete": r.retain_on_delete,
+        "additional_secret_outputs": sorted(r.additional_secret_outputs),
+    } for r in sorted(rec.resources, key=lambda r: r.urn)]
+    return json.dumps({"resources": resources, "outputs": _marked(rec.outputs)}, indent=1, sort_keys=True) + "\n"
+
+
+def export_snapshot(stack: str) -> str:
+    """The compose file (single host) or the stack file (swarm) and the files beside it, secrets aside.
+    The secrets are fixed for the export (a stack file names each by a hash of its content)."""
+    from components import compose
+    from components.settings import SECRETS
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out"
+        (out / "secrets").mkdir(parents=True, mode=0o700)
+        for spec in SECRETS:
+            value = hashlib.sha256(f"pinned-{stack}-{spec.name}".encode()).hexdigest()[: spec.length]
+            (out / "secrets" / spec.name).write_text(value)
+            (out / "secrets" / spec.name).chmod(0o600)
+        compose.export(stack, out, target="swarm" if stack == "swarm" else None)
+        parts = []
+        for path in sorted(p for p in out.rglob("*") if p.is_file() and "secrets" not in p.parts):
+            text = path.read_text().replace(str(ROOT), "<ROOT>").replace(tmp, "<OUT>")
+            parts.append(f"=== {path.relative_to(out)}\n{text}")
+        return "".join(parts)
+
+
+def _pinned(kind: str, stack: str) -> Path:
+    return PINNED / f"{stack}.{kind}.txt"
+
+
+SNAPSHOTS = {"program": program_snapshot, "export": export_snapshot}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+@pytest.mark.parametrize("kind", sorted(SNAPSHOTS))
+def test_outputs_are_as_pinned(kind: str, stack: str) -> None:
+    assert SNAPSHOTS[kind](stack) == _pinned(kind, stack).read_text(), (
+        f"{kind} of {stack} differs from tests/pinned/; if the change means it: python -m tests.test_pinned_outputs")
+
+
+if __name__ == "__main__":
+    PINNED.mkdir(exist_ok=True)
+    for kind, snapshot in SNAPSHOTS.items():
+        for stack in STACKS:
+            _pinned(kind, stack).write_text(snapshot(stack))
+            print(f"wrote {_pinned(kind, stack).relative_to(ROOT)}", file=sys.stderr)
