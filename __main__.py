@@ -6,14 +6,14 @@ import pulumi
 
 from components.app import App, AppArgs
 from components.backup import Backup, BackupArgs
-from components.compose import compose_text
+from components.config import read_stack_config
 from components.credentials import Credentials, CredentialsArgs
 from components.database import Database, DatabaseArgs
 from components.network import Network, NetworkArgs
-from components.settings import SECRET_ADMIN, SECRET_APP_DB, SECRET_BACKUP_DB, SECRET_POSTGRES, SECRETS
-from components.stack_config import read_stack_config
 from components.swarm import SwarmFiles, SwarmFilesArgs, SwarmServices, SwarmServicesArgs
-from components.swarm_model import PROXY_SERVICE, swarm_model
+from exporters.compose import compose_text
+from model.settings import SECRET_ADMIN, SECRET_APP_DB, SECRET_BACKUP_DB, SECRET_POSTGRES, SECRETS
+from model.swarm import PROXY_SERVICE, swarm_model
 
 stack = pulumi.get_stack()
 # Fails with one message naming key, value and what is allowed, before any resource is registered.

@@ -38,10 +38,10 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
 fi
 
 # --- an operation holds the stack: deploying now could start a server on a volume it is filling ----
-lock=$(.venv/bin/python -c 'import sys; from components.stack_file import settings_from_file
+lock=$(.venv/bin/python -c 'import sys; from model.stack_yaml import settings_from_file
 print(settings_from_file(sys.argv[1]).ops_lock)' "$stack")
 holder=$(docker container inspect -f '{{index .Config.Labels "stock-analyzer.ops-lock.command"}}' "$lock" 2>/dev/null || true)
-[ -z "$holder" ] || fail "stack $stack is held by \`python -m components.ops $holder\` (docker container inspect $lock): wait until it ends, then deploy"
+[ -z "$holder" ] || fail "stack $stack is held by \`python -m ops $holder\` (docker container inspect $lock): wait until it ends, then deploy"
 
 if command -v pulumi >/dev/null; then
   # --- Pulumi: state and secrets in the project unless chosen already ------------------------------
@@ -66,10 +66,10 @@ else
   say "no Pulumi CLI on PATH: bringing $stack up through the compose export instead (README: Prerequisites)"
   out=".stack/$stack"
   mkdir -p -m 0700 .stack
-  target=$(.venv/bin/python -c 'import sys; from components.stack_file import settings_from_file
+  target=$(.venv/bin/python -c 'import sys; from model.stack_yaml import settings_from_file
 print(settings_from_file(sys.argv[1]).target)' "$stack")
   if [ "$target" = swarm ]; then
-    .venv/bin/python -m components.compose --stack "$stack" --out "$out" --target swarm
+    .venv/bin/python -m exporters.compose --stack "$stack" --out "$out" --target swarm
     docker stack deploy --detach=false --resolve-image "${SWARM_RESOLVE_IMAGE:-always}" \
       -c "$out/compose.yaml" "stock-analyzer-$stack"
     docker service update --force --detach=false "stock-analyzer-${stack}_db-provision" >/dev/null
@@ -87,7 +87,7 @@ print(settings_from_file(sys.argv[1]).target)' "$stack")
     say "secrets: $out/secrets/ (0700; generated once, never printed), in the swarm as content-named secrets"
     exit 0
   fi
-  .venv/bin/python -m components.compose --stack "$stack" --out "$out"
+  .venv/bin/python -m exporters.compose --stack "$stack" --out "$out"
   docker compose -f "$out/compose.yaml" up -d --build --wait --wait-timeout 300
   say "state: the Docker engine (containers and volumes named stock-analyzer-$stack-*)"
   say "secrets: $out/secrets/ (0700; generated once, never printed)"

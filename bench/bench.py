@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "app")]
 
-from components import compose  # noqa: E402
-from components.stack_file import settings_from_file  # noqa: E402
+from exporters import compose  # noqa: E402
+from model.stack_yaml import settings_from_file  # noqa: E402
 from tests.docker.standins import ensure_image  # noqa: E402
 
 CA = Path("/etc/ssl/certs/ca-certificates.crt")

@@ -23,10 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "app"))  # the test helpers it borrows import the app (pytest adds it likewise)
 
-from components import compose  # noqa: E402
-from components.ops.__main__ import main as ops  # noqa: E402
-from components.settings import VOL_BACKUPS, VOL_DATA  # noqa: E402
-from components.stack_file import settings_from_file  # noqa: E402
+from exporters import compose  # noqa: E402
+from model.settings import VOL_BACKUPS, VOL_DATA  # noqa: E402
+from model.stack_yaml import settings_from_file  # noqa: E402
+from ops.__main__ import main as ops  # noqa: E402
 from tests.docker.compose_support import Stack  # noqa: E402
 from tests.docker.conftest import ca_bundle  # noqa: E402
 from tests.docker.standins import ensure_image  # noqa: E402

@@ -10,7 +10,7 @@ import pulumi
 import pulumi_docker as docker
 
 from components.containers import container_args, replace_opts
-from components.settings import StackSettings
+from model.settings import StackSettings
 
 
 @dataclass

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import pulumi
 import pulumi_docker as docker
 
-from components.settings import SECURITY_OPTS, ContainerSpec, StackSettings, spec_labels
+from model.settings import SECURITY_OPTS, ContainerSpec, StackSettings, spec_labels
 
 UPLOAD_EXCEPTION = ("the docker provider uploads secret files through the root filesystem, which the engine "
                     "refuses on a read-only root; capabilities stay dropped and no-new-privileges set (both checked)")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_random as random
 
-from components.settings import SecretSpec
+from model.settings import SecretSpec
 
 
 @dataclass

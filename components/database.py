@@ -9,7 +9,7 @@ import pulumi
 import pulumi_docker as docker
 
 from components.containers import container_args, replace_opts
-from components.settings import VOL_APP_CREDENTIALS, VOL_BACKUPS, VOL_DATA, VOL_PROVISION_STATE, StackSettings
+from model.settings import VOL_APP_CREDENTIALS, VOL_BACKUPS, VOL_DATA, VOL_PROVISION_STATE, StackSettings
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The swarm target: the swarm model (components/swarm_model.py) as pulumi-docker Swarm resources.
+"""The swarm target: the swarm model (model/swarm.py) as pulumi-docker Swarm resources.
 
 `pulumi up` against a Swarm manager (DOCKER_HOST) creates content-named secrets and configs, the overlay
 networks, and the services in order: Postgres, the provisioning job, the apps, the job again to retire
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_docker as docker
 
-from components.settings import SECRET_APP_DB, StackSettings, app_role_names
-from components.swarm_model import (
+from model.settings import SECRET_APP_DB, StackSettings, app_role_names
+from model.swarm import (
     APP_CREDENTIALS_SECRET,
     FileRef,
     ServiceSpec,

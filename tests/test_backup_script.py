@@ -108,7 +108,7 @@ def test_ids_outside_the_pattern_are_refused_before_anything(tmp_path: Path) -> 
 
 def test_every_restore_applies_the_jobs_own_privilege_model() -> None:
     """One file: what the provisioning job grants is what a restore grants again, inside its transaction."""
-    from components.stack_file import settings_from_file
+    from model.stack_yaml import settings_from_file
 
     s = settings_from_file("prod")
     job = dict(s.provision.uploads)["/provision/privileges.sql"]

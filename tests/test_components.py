@@ -9,7 +9,7 @@ from components.app import App, AppArgs
 from components.credentials import Credentials, CredentialsArgs
 from components.database import Database, DatabaseArgs
 from components.network import Network, NetworkArgs
-from components.settings import CONFIG_KEYS, SECRETS, load_settings
+from model.settings import CONFIG_KEYS, SECRETS, load_settings
 from tests.pulumi_mocks import ROOT, is_secret, plain, run
 
 SETTINGS = load_settings({"environment": "dev", "apiHostPort": "15000", "apiHostIp": "127.0.0.2"}, "t1")

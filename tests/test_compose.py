@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import compose
-from components.settings import SECRETS, ConfigError, load_settings
-from components.stack_file import settings_from_file
+from exporters import compose
+from model.settings import SECRETS, ConfigError, load_settings
+from model.stack_yaml import settings_from_file
 from tests.pulumi_mocks import ROOT, plain, run_program
 
 STACKS = ("dev", "prod")
@@ -314,7 +314,7 @@ def test_export_keeps_a_usable_secret_the_user_placed(tmp_path: Path) -> None:
 
 def test_export_tools_do_not_need_pulumi() -> None:
     """The model and the non-Pulumi tools run where the Pulumi SDK is not installed."""
-    code = ("import sys, components.compose, components.stack_file, components.settings, policy.rules; "
+    code = ("import sys, exporters.compose, model.stack_yaml, model.settings, policy.rules; "
             "print(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0].startswith('pulumi')}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent)

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 import yaml
 
-from components.compose import compose_document
-from components.settings import load_settings
-from components.stack_file import settings_from_file
+from exporters.compose import compose_document
+from model.settings import load_settings
+from model.stack_yaml import settings_from_file
 from tests.pulumi_mocks import PROJECT, Recording, committed_config, plain, run_program
 
 STACKS = ("dev", "prod")

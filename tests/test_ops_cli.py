@@ -8,9 +8,9 @@ import argparse
 import pytest
 import requests
 
-from components.ops.__main__ import _confirm, image_argument
-from components.ops.engine import Engine, OpsError
-from components.stack_file import settings_from_file
+from model.stack_yaml import settings_from_file
+from ops.__main__ import _confirm, image_argument
+from ops.engine import Engine, OpsError
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -41,6 +43,15 @@ def _marked(value: Any, secret: bool = False) -> Any:
 
 
 def program_snapshot(stack: str) -> str:
+    """In a fresh interpreter: runs of the program under mocks in one process can see each other's
+    resources (the SDK's settings are process-wide), and a pin must hold exactly one run."""
+    result = subprocess.run([sys.executable, "-m", "tests.test_pinned_outputs", "--program", stack], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120, check=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join((str(ROOT), str(ROOT / "app")))})
+    return result.stdout
+
+
+def _program_snapshot_here(stack: str) -> str:
     rec = run_program(stack)  # registration order is asynchronous: sorted by URN below
     resources = [{
         "type": r.type, "name": r.name, "urn": r.urn, "parent": r.parent, "custom": r.custom,
@@ -54,8 +65,8 @@ def program_snapshot(stack: str) -> str:
 def export_snapshot(stack: str) -> str:
     """The compose file (single host) or the stack file (swarm) and the files beside it, secrets aside.
     The secrets are fixed for the export (a stack file names each by a hash of its content)."""
-    from components import compose
-    from components.settings import SECRETS
+    from exporters import compose
+    from model.settings import SECRETS
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
@@ -87,6 +98,9 @@ def test_outputs_are_as_pinned(kind: str, stack: str) -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--program"]:
+        sys.stdout.write(_program_snapshot_here(sys.argv[2]))
+        sys.exit(0)
     PINNED.mkdir(exist_ok=True)
     for kind, snapshot in SNAPSHOTS.items():
         for stack in STACKS:

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from pulumi_policy import PolicyCustomTimeouts, PolicyResourceOptions, ResourceValidationArgs
 
-from components.compose import compose_text
-from components.stack_file import settings_from_file
+from exporters.compose import compose_text
+from model.stack_yaml import settings_from_file
 from policy.pack import POLICIES
 from policy.rules import check_compose
 from tests.pulumi_mocks import Recording, committed_config, plain, run_program
@@ -254,7 +254,7 @@ def test_swarm_services_are_held_to_the_container_rules() -> None:
 
 
 def test_the_swarm_stack_file_complies_with_the_same_rules(tmp_path: Any) -> None:
-    from components import compose
+    from exporters import compose
 
     compose.export("swarm", tmp_path / "out", target="swarm")
     doc = yaml.safe_load((tmp_path / "out" / "compose.yaml").read_text())

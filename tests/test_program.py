@@ -346,7 +346,7 @@ def test_deterministic(stack: str) -> None:
 def test_provision_files_are_uploaded_and_send_no_password_in_sql(rec: Recording) -> None:
     """Issue #8.4: every provisioning file reaches the job, and none sets a password from SQL text (a failing
     statement is logged with its text); passwords go only through psql's \\password (a SCRAM verifier)."""
-    from components.settings import PROVISION_SOURCE
+    from model.settings import PROVISION_SOURCE
 
     job = rec.containers()["db-provision"].inputs
     uploaded = {u["file"]: u["content"] for u in plain(job["uploads"])}

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 import yaml
 
-from components import compose
-from components.compose_swarm import stack_document
-from components.settings import ConfigError, load_settings
-from components.stack_file import read_stack_file, settings_from_file
 from components.swarm import app_role_for_version
-from components.swarm_model import (
+from exporters import compose
+from exporters.swarm_stack import stack_document
+from model.settings import ConfigError, load_settings
+from model.stack_yaml import read_stack_file, settings_from_file
+from model.swarm import (
     APP_CREDENTIALS_SECRET,
     content_name,
     next_app_role,
@@ -240,7 +240,7 @@ def test_the_harness_refuses_inputs_it_does_not_know(recording: Any) -> None:
 
 @pytest.mark.parametrize("command", [["backups"], ["backup"], ["doctor"], ["restore", "x-20260101T000000Z"]])
 def test_the_ops_tool_refuses_a_swarm_stack_in_one_line(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    from components.ops.__main__ import main
+    from ops.__main__ import main
 
     assert main([*command, "--stack", "swarm"]) == 1
     err = capsys.readouterr().err.strip().splitlines()

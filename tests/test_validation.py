@@ -6,7 +6,7 @@ from __future__ import annotations
 import pulumi
 import pytest
 
-from components.settings import ConfigError, load_settings
+from model.settings import ConfigError, load_settings
 from tests.pulumi_mocks import PROJECT, committed_config, is_secret, plain, run_program
 
 
@@ -140,7 +140,7 @@ def test_control_character_in_a_password_is_refused_without_echoing_it() -> None
 @pytest.mark.parametrize("whole", ["stock_app", "postgres:17.6-trixie", "stock-analyzer-app", "512Mi", "10m"])
 def test_validation_judges_whole_values(whole: str) -> None:
     """The patterns themselves (not only the control-character check) refuse a suffix after a valid value."""
-    from components import settings
+    from model import settings
 
     patterns = [settings._IDENT, settings._IMAGE_REF, settings._REPO, settings._MEMORY, settings._LOG_SIZE]
     matching = [p for p in patterns if p.fullmatch(whole)]
@@ -192,7 +192,7 @@ def _prod_raw(**changes: str) -> dict[str, str]:
 @pytest.mark.parametrize(("image", "data_major", "phrase"), [
     ("postgres:14.13", "17", "a downgrade cannot read it, and is refused"),
     ("postgres:16.4", "17", "downgrade"),
-    ("postgres:17.6-trixie", "16", "python -m components.ops upgrade --stack prod --to-image postgres:17.6-trixie"),
+    ("postgres:17.6-trixie", "16", "python -m ops upgrade --stack prod --to-image postgres:17.6-trixie"),
 ])
 def test_a_postgres_major_other_than_the_datas_is_refused(image: str, data_major: str, phrase: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -231,7 +231,7 @@ def test_prod_backups_outlive_destroy_like_the_data() -> None:
 
 
 def test_ops_refuses_an_unknown_stack_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    from components.ops.__main__ import main
+    from ops.__main__ import main
 
     assert main(["backups", "--stack", "staging"]) == 1
     err = capsys.readouterr().err

@@ -23,8 +23,8 @@ for f in "${dockerfiles[@]}"; do checkov_args+=(-f "$f"); done
 echo "detect-secrets: repository and exported compose files"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-for stack in dev prod; do .venv/bin/python -m components.compose --stack "$stack" --out "$out/$stack" >/dev/null; done
-.venv/bin/python -m components.compose --stack swarm --out "$out/swarm" --target swarm >/dev/null
+for stack in dev prod; do .venv/bin/python -m exporters.compose --stack "$stack" --out "$out/$stack" >/dev/null; done
+.venv/bin/python -m exporters.compose --stack swarm --out "$out/swarm" --target swarm >/dev/null
 # tests/pinned/ holds the pinned outputs of the program under mocks and of the exporters: digests the mocks
 # derive from resource names, and content names derived from test values; every secret in them is written
 # as its length only (tests/test_pinned_outputs.py).

@@ -2,7 +2,7 @@
 
     python tools/sync_pulumi_yaml.py
 
-components.settings.CONFIG_KEYS is the source of truth; tests/test_components.py fails when
+model.settings.CONFIG_KEYS is the source of truth; tests/test_components.py fails when
 Pulumi.yaml or docs/configuration.md drifts from it.
 """
 
@@ -17,14 +17,14 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from components.settings import CONFIG_KEYS  # noqa: E402
+from model.settings import CONFIG_KEYS  # noqa: E402
 
 
 def config_block() -> dict[str, Any]:
     block: dict[str, Any] = {}
     for key in CONFIG_KEYS:
         # Secret keys are not flagged `secret: true` here: their default is empty ("generate one"), and the
-        # program itself refuses a plaintext value (components/stack_config.py, components/stack_file.py).
+        # program itself refuses a plaintext value (components/config.py, model/stack_yaml.py).
         spec: dict[str, Any] = {"type": key.type, "description": key.description}
         if key.default is not None or key.secret:
             default = key.default or ""

@@ -6,8 +6,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from components import compose
-from components.settings import SECRETS, StackSettings
+from exporters import compose
+from model.settings import SECRETS, StackSettings
 from tests.docker.conftest import ca_bundle
 from tests.docker.support import remove_containers, sh, wait_healthy
 

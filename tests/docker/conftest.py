@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from components.settings import StackSettings
-from components.stack_file import settings_from_file
+from model.settings import StackSettings
+from model.stack_yaml import settings_from_file
 from tests.docker.standins import ensure_image
 
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")

@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from components.ops.doctor import CONNECT_PROBE
-from components.settings import StackSettings
+from model.settings import StackSettings
+from ops.doctor import CONNECT_PROBE
 from tests.raw_http import chunks, exchange
 
 T = TypeVar("T")
@@ -28,8 +28,8 @@ def sh(*args: str, timeout: float = 600, check: bool = True, **kw: Any) -> subpr
 
 
 def run_ops(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """`python -m components.ops ARGV` in this process: exit code, stdout, stderr."""
-    from components.ops.__main__ import main as ops
+    """`python -m ops ARGV` in this process: exit code, stdout, stderr."""
+    from ops.__main__ import main as ops
 
     capsys.readouterr()
     code = ops(list(argv))

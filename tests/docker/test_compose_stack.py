@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from components import compose
-from components.settings import USER_SECRETS, StackSettings
+from exporters import compose
+from model.settings import USER_SECRETS, StackSettings
 from tests.api_fuzz import fuzz
 from tests.docker.compose_support import Stack, exported_stack, open_credentials
 from tests.docker.support import (

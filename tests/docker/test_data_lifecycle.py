@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from components.settings import VOL_BACKUPS, VOL_DATA, StackSettings
+from model.settings import VOL_BACKUPS, VOL_DATA, StackSettings
 from tests.docker.compose_support import Stack, exported_stack, open_credentials
 from tests.docker.standins import ensure_image
 from tests.docker.support import http, one_error_line, postgres_dsn, run_ops, sh, wait_for

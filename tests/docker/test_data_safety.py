@@ -20,8 +20,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from components.ops.engine import Engine
-from components.settings import BACKUP_DIR, VOL_BACKUPS, VOL_DATA, StackSettings
+from model.settings import BACKUP_DIR, VOL_BACKUPS, VOL_DATA, StackSettings
+from ops.engine import Engine
 from tests.docker.compose_support import Stack, exported_stack, open_credentials
 from tests.docker.support import http, one_error_line, postgres_dsn, run_ops, sh, wait_for
 
@@ -341,7 +341,7 @@ def test_a_full_backups_disk_keeps_every_backup_and_says_why(
 
 def test_two_backups_at_once_both_succeed_and_read_back(stack: Stack) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    argv = [sys.executable, "-m", "components.ops", "backup", "--stack", "dev"]
+    argv = [sys.executable, "-m", "ops", "backup", "--stack", "dev"]
     procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
              for _ in range(2)]
     results = [p.communicate(timeout=300) for p in procs]
@@ -442,7 +442,7 @@ def test_a_protected_stack_asks_before_a_restore(stack: Stack, tmp_path: Path,
     assert code == 1 and "--yes" in line and backup_id in line and "rows in" in line and "taken 20" in line, line
     # On a terminal: the question names the backup's time and the rows; a wrong answer changes nothing.
     leader, follower = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "components.ops", "restore", "--stack", "dev", backup_id,
+    proc = subprocess.Popen([sys.executable, "-m", "ops", "restore", "--stack", "dev", backup_id,
                              "--project", str(project)], stdin=follower, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     os.close(follower)
@@ -485,7 +485,7 @@ def test_an_operation_holds_the_stack_against_others_and_deploys(
         env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not (Path(p) / "pulumi").exists())
         deploy = subprocess.run(["./deploy.sh", "dev"], cwd=ROOT, env=env, capture_output=True, text=True,
                                 timeout=300, check=False)
-        assert deploy.returncode == 1 and "is held by `python -m components.ops restore`" in deploy.stderr, deploy
+        assert deploy.returncode == 1 and "is held by `python -m ops restore`" in deploy.stderr, deploy
         lock = sh("docker", "ps", "-aq", "--filter", f"name=^{stack.s.ops_lock}$").stdout.split()
         assert set(sh("docker", "ps", "-aq", "--filter", f"name=^{stack.s.prefix}-").stdout.split()) == {
             *before, *lock}, "deploy.sh created or removed containers"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from components.settings import StackSettings
+from model.settings import StackSettings
 from tests.docker.support import http, inspect, remove_containers, sh
 
 pytestmark = pytest.mark.docker

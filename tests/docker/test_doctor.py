@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from components.ops.__main__ import main as ops
-from components.settings import StackSettings
+from model.settings import StackSettings
+from ops.__main__ import main as ops
 from tests.docker.compose_support import Stack, open_credentials, running_stack
 from tests.docker.support import postgres_dsn, sh, wait_healthy
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from components.settings import load_settings
+from model.settings import load_settings
 from tests.docker.support import sh
 
 pytestmark = pytest.mark.docker

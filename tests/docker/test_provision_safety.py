@@ -13,8 +13,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from components import compose
-from components.settings import POSTGRES_PORT, PROVISION_SOURCE, StackSettings
+from exporters import compose
+from model.settings import POSTGRES_PORT, PROVISION_SOURCE, StackSettings
 from tests.docker.compose_support import Stack, open_credentials, running_stack
 from tests.docker.support import RequestLoop, postgres_dsn, sh
 

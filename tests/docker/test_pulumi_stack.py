@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from components.settings import StackSettings
+from model.settings import StackSettings
 from tests.docker.conftest import ca_bundle
 from tests.docker.pulumi_apply import Applied, JobFailedError, apply, update
 from tests.docker.support import (
@@ -118,7 +118,7 @@ def test_frontend_cannot_reach_the_database(applied: Applied, recording: Recordi
 def test_scheduled_backup_ran_and_ops_lists_it(applied: Applied, recording: Recording,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     """The Pulumi path has the same backup container: its first backup ran at start, `ops` sees it."""
-    from components.ops.__main__ import main as ops
+    from ops.__main__ import main as ops
 
     name = plain(recording.outputs["containers"])["db-backup"]
     assert inspect(name)["State"]["Health"]["Status"] == "healthy"

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from components import compose
-from components.settings import StackSettings
-from components.stack_file import settings_from_file
+from exporters import compose
+from model.settings import StackSettings
+from model.stack_yaml import settings_from_file
 from tests.docker.pulumi_swarm_apply import SwarmApplied, apply, update
 from tests.docker.standins import ensure_image
 from tests.docker.support import sh

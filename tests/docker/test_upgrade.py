@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import compose
-from components.ops import __main__ as ops_main
-from components.ops.__main__ import main as ops
-from components.settings import VOL_DATA
-from components.stack_file import settings_from_file
+from exporters import compose
+from model.settings import VOL_DATA
+from model.stack_yaml import settings_from_file
+from ops import __main__ as ops_main
+from ops.__main__ import main as ops
 from tests.docker.compose_support import Stack
 from tests.docker.conftest import ca_bundle
 from tests.docker.standins import ensure_image

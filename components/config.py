@@ -1,5 +1,5 @@
 """The one place that reads stack config from the Pulumi engine (the compose CLI reads the stack file,
-components/stack_file.py). Components never read config themselves."""
+model/stack_yaml.py). Components never read config themselves."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pulumi
 import pulumi.runtime
 
-from components.settings import (
+from model.settings import (
     PROJECT,
     USER_SECRETS,
     ConfigError,
@@ -16,8 +16,8 @@ from components.settings import (
     check_user_passwords,
     load_settings,
 )
-from components.stack_file import PREFIX as _PREFIX
-from components.stack_file import as_config_string, drop_unset_secrets, refuse_plaintext_passwords
+from model.stack_yaml import PREFIX as _PREFIX
+from model.stack_yaml import as_config_string, drop_unset_secrets, refuse_plaintext_passwords
 
 
 def _engine_config() -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Stack config from Pulumi.<stack>.yaml without the Pulumi CLI or SDK, for the compose export and the
-tools (the Pulumi program reads the engine's config instead: components/stack_config.py). Pure: no Pulumi
+tools (the Pulumi program reads the engine's config instead: components/config.py). Pure: no Pulumi
 import, so the export runs where Pulumi is not installed."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from components.settings import PROJECT, USER_SECRETS, ConfigError, StackSettings, load_settings
+from model.settings import PROJECT, USER_SECRETS, ConfigError, StackSettings, load_settings
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PREFIX = f"{PROJECT}:"

@@ -4,7 +4,7 @@ stack's own data, kept aside for rollback) are this one pipeline.
 
 The source volume is never written: it is mounted read-only and copied into a scratch volume, where a
 server of the source's major runs. The target is initialised by the stack's own image (its entrypoint),
-filled with `pg_dump | pg_restore`, compared object by object (components/ops/sql/inventory.sql), and
+filled with `pg_dump | pg_restore`, compared object by object (ops/sql/inventory.sql), and
 given a superuser password that the provisioning job finds in its state volume and moves to the stack's
 configured one on the first `up`.
 """
@@ -19,8 +19,7 @@ from pathlib import Path
 
 from docker.models.containers import Container
 
-from components.ops.engine import Engine, OpsError, Progress
-from components.settings import (
+from model.settings import (
     PGDATA,
     POSTGRES_PORT,
     POSTGRES_UID,
@@ -29,6 +28,7 @@ from components.settings import (
     StackSettings,
     image_major,
 )
+from ops.engine import Engine, OpsError, Progress
 
 INVENTORY_SQL = (Path(__file__).resolve().parent / "sql" / "inventory.sql").read_text(encoding="utf-8")
 CARRY_SQL = (Path(__file__).resolve().parent / "sql" / "carry.sql").read_text(encoding="utf-8")

@@ -1,6 +1,6 @@
 """Compose export: the same model as the Pulumi program, for users without the Pulumi CLI.
 
-    python -m components.compose --stack dev --out DIR
+    python -m exporters.compose --stack dev --out DIR
 
 writes DIR/compose.yaml and, when missing, DIR/secrets/<name> (generated, never overwritten, never
 printed). The compose file holds no secret value: services read `*_FILE` paths of compose secrets.
@@ -20,8 +20,9 @@ from typing import Any
 
 import yaml
 
-from components import compose_swarm, swarm_model
-from components.settings import (
+from exporters import swarm_stack
+from model import swarm as swarm_model
+from model.settings import (
     PROJECT,
     SECRET_APP_DB,
     SECRETS,
@@ -34,7 +35,7 @@ from components.settings import (
     password_problem,
     spec_labels,
 )
-from components.stack_file import PROJECT_DIR, settings_from_file
+from model.stack_yaml import PROJECT_DIR, settings_from_file
 
 APP_CONTEXT = PROJECT_DIR / "app"
 SECRETS_SUBDIR = "secrets"  # pragma: allowlist secret (a directory name)
@@ -56,7 +57,7 @@ def _service(spec: ContainerSpec, s: StackSettings, image: str, build: dict[str,
     if build:
         svc["build"] = build
     svc["container_name"] = spec.container_name
-    svc.update(compose_swarm.process_fields(spec.entrypoint, spec.command, spec.user, spec.env))
+    svc.update(swarm_stack.process_fields(spec.entrypoint, spec.command, spec.user, spec.env))
     if spec.secrets:
         svc["secrets"] = [m.secret.name for m in spec.secrets]
     if spec.uploads:
@@ -68,7 +69,7 @@ def _service(spec: ContainerSpec, s: StackSettings, image: str, build: dict[str,
         svc["ports"] = [f"{p.host_ip}:{p.host_port}:{p.container_port}" for p in spec.ports]
     svc["networks"] = {net: {"aliases": list(spec.aliases)} if spec.aliases else {} for net in spec.networks}
     if spec.healthcheck:
-        svc["healthcheck"] = compose_swarm.compose_healthcheck(spec.healthcheck)
+        svc["healthcheck"] = swarm_stack.compose_healthcheck(spec.healthcheck)
     if depends_on:
         svc["depends_on"] = depends_on
     svc["restart"] = f"on-failure:{spec.max_retries}" if spec.max_retries else spec.restart
@@ -139,7 +140,7 @@ class _NoAliasDumper(yaml.SafeDumper):
 
 
 def compose_text(s: StackSettings, app_context: Path = APP_CONTEXT, ca_bundle: Path | None = None) -> str:
-    header = (f"# Generated from Pulumi.{s.stack}.yaml by `python -m components.compose --stack {s.stack}`.\n"
+    header = (f"# Generated from Pulumi.{s.stack}.yaml by `python -m exporters.compose --stack {s.stack}`.\n"
               "# Do not edit: change the stack config and export again. Holds no secret values.\n")
     return header + yaml.dump(compose_document(s, app_context, ca_bundle), Dumper=_NoAliasDumper, sort_keys=False,
                               default_flow_style=False, width=120)
@@ -290,13 +291,13 @@ def _swarm_files(s: StackSettings, out: Path) -> str:
         _write_atomic(creds, text, 0o400)
     model = swarm_model.swarm_model(s)
     for path, content in model.configs.values():
-        sub = out / compose_swarm.config_dir(path)
+        sub = out / swarm_stack.config_dir(path)
         sub.mkdir(exist_ok=True, mode=0o755)
         _check_private(sub, "directory")
         _write_atomic(sub / Path(path).name, content, 0o644)
     secret_text = {name: (secret_dir / name).read_text(encoding="utf-8") for name in model.secrets}
-    doc = compose_swarm.stack_document(s, secret_text, model)
-    header = (f"# Generated from Pulumi.{s.stack}.yaml by `python -m components.compose --stack {s.stack} "
+    doc = swarm_stack.stack_document(s, secret_text, model)
+    header = (f"# Generated from Pulumi.{s.stack}.yaml by `python -m exporters.compose --stack {s.stack} "
               "--target swarm`.\n# Deploy: docker stack deploy --detach=false --resolve-image never -c compose.yaml "
               f"{s.prefix} (docs/swarm.md). Holds no secret values.\n")
     return header + yaml.dump(doc, Dumper=_NoAliasDumper, sort_keys=False, default_flow_style=False, width=120)
@@ -325,7 +326,7 @@ def rotate(out: Path, name: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m components.compose", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m exporters.compose", description=__doc__.splitlines()[0])
     parser.add_argument("--stack", required=True, help="stack name: reads Pulumi.STACK.yaml")
     parser.add_argument("--out", required=True, type=Path, help="directory for compose.yaml and secrets/")
     parser.add_argument("--rotate", metavar="NAME",

@@ -70,6 +70,7 @@ BACKUP_DIR = "/var/lib/backups"
 BACKUP_SOURCE = Path(__file__).resolve().parent.parent / "backup"
 BACKUP_TARGET = "/backup"
 BACKUP_TIERS = ("daily", "weekly", "monthly")
+APP_PORTS = {"api": 5000, "frontend": 8000, "admin": 8001}  # container ports of the app's three roles
 # The provisioning job's shell and SQL (see provision/provision.sh), uploaded to /provision in its container.
 PROVISION_SOURCE = Path(__file__).resolve().parent.parent / "provision"
 PROVISION_TARGET = "/provision"
@@ -247,7 +248,7 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("restartMaxRetries", "integer", "Restart attempts when restartPolicy is on-failure.", "5"),
     ConfigKey("protectData", "boolean", "Protect the data volume from deletion (required in prod).", "false"),
     ConfigKey("postgresDataMajor", "integer", "PostgreSQL major of the data directory; postgresImage must match it "
-              "(change both only after `python -m components.ops upgrade`).", "17"),
+              "(change both only after `python -m ops upgrade`).", "17"),
     ConfigKey("backupIntervalMinutes", "integer",
               "Minutes between scheduled logical backups (the first runs at start).", "1440"),
     ConfigKey("backupKeep", "integer", "Newest backups kept whatever their age (scheduled and on-demand alike).",
@@ -548,7 +549,8 @@ def _app_healthcheck(port: int) -> Healthcheck:
 
 
 def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJECT) -> StackSettings:
-    """Validate raw project config (keys without the namespace) and derive every container's spec.
+    """Validate raw project config (keys without the namespace) and derive every container's spec: one
+    small reader per concern, then one builder per container.
 
     Password keys are only checked for presence here: their values travel as Pulumi secrets and are
     never part of the settings.
@@ -558,53 +560,116 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
     r = _Reader(raw_config)
     environment = r.choice("environment", ENVIRONMENTS)
     prod = environment == "prod"
+    db = _database(r)
+    run = _runtime(r, prod)
+    admin_user = r.parsed("adminUser", lambda v: v if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v) else _raise(),
+                          "1-64 characters from A-Z a-z 0-9 _ . -")
+    bindings = _bindings(r, prod)
+    images = _images(r, stack)
+    backups = _backups(r)
+    target = r.choice("target", TARGETS)
+    swarm = _swarm_settings(r, bindings) if target == "swarm" else None
+    prefix = f"{project}-{stack}"
+    return StackSettings(
+        project=project,
+        stack=stack,
+        environment=environment,
+        networks={n: f"{prefix}_{n}" for n in (NET_BACKEND, NET_FRONTEND)},
+        volumes={v: f"{prefix}_{v}" for v in (VOL_DATA, VOL_APP_CREDENTIALS, VOL_PROVISION_STATE, VOL_BACKUPS)},
+        postgres_image=images.postgres,
+        python_base_image=images.python_base,
+        app_image=images.app,
+        app_build_args=images.build_args,
+        db_name=db.name,
+        db_superuser=db.superuser,
+        db_app_user=db.app_user,
+        db_backup_user=db.backup_user,
+        admin_user=admin_user,
+        protect_data=run.protect,
+        log_max_size=r.parsed("logMaxSize", lambda v: v if _LOG_SIZE.fullmatch(v) else _raise(),
+                              "a size with unit k, m or g, e.g. 10m"),
+        log_max_file=r.integer("logMaxFile", 1, 100),
+        postgres=_postgres_spec(prefix, db, run, bindings),
+        provision=_provision_spec(prefix, db),
+        apps=_app_specs(prefix, environment, db, run, bindings, admin_user),
+        backup=_backup_spec(prefix, db, run, backups),
+        postgres_major=images.postgres_major,
+        backup_interval_s=backups.interval_min * 60,
+        backup_keep=backups.keep,
+        backup_tiers=backups.tiers,
+        secret_versions={spec.name: r.integer(spec.version_key, 1, 1_000_000) for spec in USER_SECRETS},
+        target=target,
+        swarm=swarm,
+    )
 
-    db_name = r.ident("dbName", RESERVED_DB_NAMES, why=", not a template database")
+
+# --- readers: one concern each, every failure naming key, value and what is allowed ---------------------
+
+
+@dataclass(frozen=True)
+class _Db:
+    name: str
+    superuser: str
+    app_user: str
+    backup_user: str
+    schemas: str  # the app's schemas, comma-separated; empty: every schema that holds a table
+
+
+def _database(r: _Reader) -> _Db:
+    """Who is who in the database: every role the provisioning job creates or alters differs from the
+    superuser (granting it to the app would hand the app superuser rights; disabling it would lock the job
+    out)."""
+    name = r.ident("dbName", RESERVED_DB_NAMES, why=", not a template database")
     superuser, app_user = r.role("dbSuperuser"), r.role("dbAppUser")
     if len(app_user) > 60:  # room for the _b (second login role) and _rw (group) suffixes
         raise _fail("dbAppUser", app_user, "at most 60 characters")
-    # Every role the provisioning job creates or alters differs from the superuser: granting it to the app
-    # would hand the app superuser rights, and disabling it would lock the job out.
     app_roles = app_role_names(app_user)
     if app_user == superuser:
         raise _fail("dbAppUser", app_user, f"a role other than the superuser '{superuser}'")
     if superuser in app_roles:
         raise _fail("dbSuperuser", superuser, f"a role other than the app's roles {', '.join(app_roles)} "
                     f"(derived from {PROJECT}:dbAppUser)")
-    app_schemas = r.parsed("appSchemas", _schema_list, "empty, or schema names ([a-z_][a-z0-9_]*, not pg_*) "
-                           "separated by commas, e.g. public,analytics")
+    schemas = r.parsed("appSchemas", _schema_list, "empty, or schema names ([a-z_][a-z0-9_]*, not pg_*) "
+                       "separated by commas, e.g. public,analytics")
     backup_user = r.role("dbBackupUser")
     if backup_user == superuser or backup_user in app_roles:
         raise _fail("dbBackupUser", backup_user, f"a role other than the superuser and the app's roles "
                     f"{', '.join((superuser, *app_roles))}")
+    return _Db(name, superuser, app_user, backup_user, schemas)
+
+
+@dataclass(frozen=True)
+class _Runtime:
+    restart: str
+    max_retries: int | None
+    memory: dict[str, int | None]  # postgres, api, frontend, admin
+    protect: bool
+
+
+def _runtime(r: _Reader, prod: bool) -> _Runtime:
+    """How containers run and what protects the data; prod insists on limits and protection."""
     restart = r.choice("restartPolicy", SERVICE_RESTART_POLICIES)
     max_retries = r.integer("restartMaxRetries", 1, 100) if restart == "on-failure" else None
-    admin_user = r.parsed("adminUser", lambda v: v if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v) else _raise(),
-                          "1-64 characters from A-Z a-z 0-9 _ . -")
-    app_repo = r.parsed("appImageName", lambda v: v if _REPO.fullmatch(v) else _raise(),
-                        "an image repository name without tag, e.g. stock-analyzer-app")
-
-    app_tag = r.parsed("appImageTag", lambda v: v if v == "" or _TAG.fullmatch(v) else _raise(),
-                       "an image tag ([A-Za-z0-9_][A-Za-z0-9_.-]{0,127}), or empty for the stack name")
     memory = {key: r.memory_mb(f"{key}Memory") for key in ("postgres", "api", "frontend", "admin")}
-    pg_host_port = r.integer("postgresHostPort", 0, 65535)
-    pg_host_ip = r.ip("postgresHostIp", loopback_only=True)
     protect = r.boolean("protectData")
-
     if prod:
-        if pg_host_port:
-            raise _fail("postgresHostPort", pg_host_port, "0 in prod: prod publishes no database port")
         if not protect:
-            raise _fail("protectData", raw_config.get("protectData", "false"), "true in prod")
+            raise _fail("protectData", r.raw.get("protectData", "false"), "true in prod")
         for key, mb in memory.items():
             if mb is None:
-                raise _fail(f"{key}Memory", raw_config.get(f"{key}Memory", ""),
+                raise _fail(f"{key}Memory", r.raw.get(f"{key}Memory", ""),
                             "a memory limit such as 512Mi: prod sets one on every container")
+    return _Runtime(restart, max_retries, memory, protect)
 
-    # Host ports: one service per host port.
-    app_ports = {"api": 5000, "frontend": 8000, "admin": 8001}
+
+def _bindings(r: _Reader, prod: bool) -> dict[str, PortBinding]:
+    """Host ports, one service per host port; the database only on loopback, and never in prod."""
+    pg_host_port = r.integer("postgresHostPort", 0, 65535)
+    pg_host_ip = r.ip("postgresHostIp", loopback_only=True)
+    if prod and pg_host_port:
+        raise _fail("postgresHostPort", pg_host_port, "0 in prod: prod publishes no database port")
     bindings: dict[str, PortBinding] = {}
-    for svc, container_port in app_ports.items():
+    for svc, container_port in APP_PORTS.items():
         bindings[svc] = PortBinding(r.ip(f"{svc}HostIp"), r.integer(f"{svc}HostPort", 1, 65535), container_port)
     if pg_host_port:
         bindings["postgres"] = PortBinding(pg_host_ip, pg_host_port, POSTGRES_PORT)
@@ -618,8 +683,24 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
             raise _fail(f"{svc}HostPort", b.host_port,
                         f"a host port not already used by {seen[b.host_port]} ({PROJECT}:{seen[b.host_port]}HostPort)")
         seen[b.host_port] = svc
+    return bindings
 
-    prefix = f"{project}-{stack}"
+
+@dataclass(frozen=True)
+class _Images:
+    postgres: str
+    postgres_major: int
+    python_base: str
+    app: str
+    build_args: tuple[tuple[str, str], ...]
+
+
+def _images(r: _Reader, stack: str) -> _Images:
+    """What runs: the app image and how it is built, the Postgres image and the major of the data."""
+    app_repo = r.parsed("appImageName", lambda v: v if _REPO.fullmatch(v) else _raise(),
+                        "an image repository name without tag, e.g. stock-analyzer-app")
+    app_tag = r.parsed("appImageTag", lambda v: v if v == "" or _TAG.fullmatch(v) else _raise(),
+                       "an image tag ([A-Za-z0-9_][A-Za-z0-9_.-]{0,127}), or empty for the stack name")
     # Without credentials in them: these land in build arguments, which the build's history shows.
     pip_index = r.parsed("pipIndexUrl", lambda v: v if v == "" or _INDEX_URL.fullmatch(v) else _raise(),
                          "an http(s) URL of a simple index without user:password, e.g. "
@@ -635,38 +716,53 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
                     f"directory ({PROJECT}:postgresDataMajor): a downgrade cannot read it, and is refused")
     if postgres_major > data_major:
         raise _fail("postgresImage", postgres_image, f"an image of PostgreSQL {data_major}, the major of the data "
-                    f"directory ({PROJECT}:postgresDataMajor): to upgrade, run `python -m components.ops upgrade "
+                    f"directory ({PROJECT}:postgresDataMajor): to upgrade, run `python -m ops upgrade "
                     f"--stack {stack} --to-image {postgres_image}` first, then set both keys (docs/operations.md)")
-    backup_interval_min = r.integer("backupIntervalMinutes", 5, 60 * 24 * 31)
-    backup_keep = r.integer("backupKeep", 1, 1000)
-    backup_tiers = {tier: r.integer(f"backupKeep{tier.capitalize()}", 0, 1000) for tier in BACKUP_TIERS}
-    target = r.choice("target", TARGETS)
-    swarm = _swarm_settings(r, bindings) if target == "swarm" else None
-    db_env = (("DB_HOST", DB_ALIAS), ("DB_NAME", db_name), ("DB_PORT", str(POSTGRES_PORT)))
-    env_common = (("ENVIRONMENT", environment),)
+    build_args = (("APP_UID", str(APP_UID)), ("BASE_IMAGE", python_base_image),
+                  *((("PIP_INDEX_URL", pip_index),) if pip_index else ()),
+                  *((("PIP_TRUSTED_HOST", pip_trusted),) if pip_trusted else ()))
+    return _Images(postgres_image, postgres_major, python_base_image, f"{app_repo}:{app_tag or stack}", build_args)
 
-    postgres = ContainerSpec(
+
+@dataclass(frozen=True)
+class _Backups:
+    interval_min: int
+    keep: int
+    tiers: dict[str, int]  # daily, weekly, monthly
+
+
+def _backups(r: _Reader) -> _Backups:
+    return _Backups(r.integer("backupIntervalMinutes", 5, 60 * 24 * 31), r.integer("backupKeep", 1, 1000),
+                    {tier: r.integer(f"backupKeep{tier.capitalize()}", 0, 1000) for tier in BACKUP_TIERS})
+
+
+# --- builders: one container each, from what the readers returned --------------------------------------
+
+
+def _postgres_spec(prefix: str, db: _Db, run: _Runtime, bindings: dict[str, PortBinding]) -> ContainerSpec:
+    return ContainerSpec(
         service="postgres",
         container_name=f"{prefix}-postgres",
         command=(),
         env=tuple(sorted({
             "PGDATA": PGDATA,
-            "POSTGRES_DB": db_name,
+            "POSTGRES_DB": db.name,
             "POSTGRES_PASSWORD_FILE": SECRET_POSTGRES_BOOTSTRAP.path,
-            "POSTGRES_USER": superuser,
+            "POSTGRES_USER": db.superuser,
         }.items())),
         secrets=(SecretMount(SECRET_POSTGRES_BOOTSTRAP, POSTGRES_UID),),
         ports=(bindings["postgres"],) if "postgres" in bindings else (),
         # TCP to 127.0.0.1, not the socket: the temporary server run during initdb listens on the
         # socket only, so it never counts as healthy.
         healthcheck=Healthcheck(
-            test=("CMD", "pg_isready", "-h", "127.0.0.1", "-p", str(POSTGRES_PORT), "-U", superuser, "-d", db_name),
+            test=("CMD", "pg_isready", "-h", "127.0.0.1", "-p", str(POSTGRES_PORT), "-U", db.superuser, "-d",
+                  db.name),
             interval_s=10, timeout_s=5, retries=5, start_period_s=POSTGRES_START_PERIOD_S,
             start_interval_ms=START_INTERVAL_MS,
         ),
-        memory_mb=memory["postgres"],
-        restart=restart,
-        max_retries=max_retries,
+        memory_mb=run.memory["postgres"],
+        restart=run.restart,
+        max_retries=run.max_retries,
         # The official entrypoint runs unprivileged when started as the postgres uid; the data volume
         # takes the ownership of the image's (postgres-owned) PGDATA on first use.
         user=f"{POSTGRES_UID}:{POSTGRES_UID}",
@@ -680,7 +776,10 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         stop_grace_s=60,
         mounts=(VolumeMount(VOL_DATA, PGDATA),),
     )
-    provision = ContainerSpec(
+
+
+def _provision_spec(prefix: str, db: _Db) -> ContainerSpec:
+    return ContainerSpec(
         service="db-provision",
         container_name=f"{prefix}-db-provision",
         entrypoint=("sh", "/provision/provision.sh"),
@@ -688,15 +787,15 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         env=tuple(sorted({
             "APP_CREDENTIALS_FILE": APP_CREDENTIALS_FILE,
             "APP_DB_PASSWORD_FILE": SECRET_APP_DB.path,
-            "APP_DB_USER": app_user,
-            "APP_SCHEMAS": app_schemas,
-            "BACKUP_DB_USER": backup_user,
+            "APP_DB_USER": db.app_user,
+            "APP_SCHEMAS": db.schemas,
+            "BACKUP_DB_USER": db.backup_user,
             "BACKUP_DB_PASSWORD_FILE": SECRET_BACKUP_DB.path,
             "APP_UID": str(APP_UID),
-            "PGDATABASE": db_name,
+            "PGDATABASE": db.name,
             "PGHOST": DB_ALIAS,
             "PGPORT": str(POSTGRES_PORT),
-            "PGUSER": superuser,
+            "PGUSER": db.superuser,
             "POSTGRES_BOOTSTRAP_PASSWORD_FILE": SECRET_POSTGRES_BOOTSTRAP.path,
             "POSTGRES_PASSWORD_FILE": SECRET_POSTGRES.path,
             "PROVISION_STATE_DIR": PROVISION_STATE_DIR,
@@ -724,24 +823,27 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
                 # Only to hand the (new, root-owned) backup directory to the postgres uid.
                 VolumeMount(VOL_BACKUPS, BACKUP_DIR)),
     )
-    backup = ContainerSpec(
+
+
+def _backup_spec(prefix: str, db: _Db, run: _Runtime, backups: _Backups) -> ContainerSpec:
+    return ContainerSpec(
         service="db-backup",
         container_name=f"{prefix}-db-backup",
         entrypoint=("sh", f"{BACKUP_TARGET}/backup.sh"),
         command=("loop",),
         env=tuple(sorted({
-            "APP_GROUP": app_role_names(app_user)[2],
-            "APP_SCHEMAS": app_schemas,
+            "APP_GROUP": app_role_names(db.app_user)[2],
+            "APP_SCHEMAS": db.schemas,
             "BACKUP_DIR": BACKUP_DIR,
-            "BACKUP_INTERVAL_S": str(backup_interval_min * 60),
-            "BACKUP_KEEP": str(backup_keep),
-            **{f"BACKUP_KEEP_{tier.upper()}": str(n) for tier, n in backup_tiers.items()},
-            "PGDATABASE": db_name,
+            "BACKUP_INTERVAL_S": str(backups.interval_min * 60),
+            "BACKUP_KEEP": str(backups.keep),
+            **{f"BACKUP_KEEP_{tier.upper()}": str(n) for tier, n in backups.tiers.items()},
+            "PGDATABASE": db.name,
             "PGHOST": DB_ALIAS,
             "PGPORT": str(POSTGRES_PORT),
             # Least privilege: the backup role reads, never writes; a restore gets the superuser for its one
-            # run from the operations CLI (components/ops), never from this container's own files.
-            "PGUSER": backup_user,
+            # run from the operations CLI (ops), never from this container's own files.
+            "PGUSER": db.backup_user,
             "BACKUP_DB_PASSWORD_FILE": SECRET_BACKUP_DB.path,
         }.items())),
         secrets=(SecretMount(SECRET_BACKUP_DB, POSTGRES_UID),),
@@ -750,59 +852,32 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         healthcheck=Healthcheck(test=("CMD", "sh", f"{BACKUP_TARGET}/backup.sh", "health"), interval_s=30,
                                 timeout_s=10, retries=2, start_period_s=600, start_interval_ms=START_INTERVAL_MS),
         memory_mb=BACKUP_MEMORY_MB,
-        restart=restart,
-        max_retries=max_retries,
+        restart=run.restart,
+        max_retries=run.max_retries,
         user=f"{POSTGRES_UID}:{POSTGRES_UID}",
         uploads=backup_files(),
         pids_limit=64,
         stop_grace_s=30,
         mounts=(VolumeMount(VOL_BACKUPS, BACKUP_DIR),),
     )
-    app_db_env = (*db_env, ("DB_CREDENTIALS_FILE", APP_CREDENTIALS_FILE))
-    apps = (
-        _app_spec(prefix, "api", app_ports["api"], (*env_common, *app_db_env), (),
-                  bindings["api"], memory["api"], restart, max_retries, (NET_BACKEND, NET_FRONTEND)),
-        _app_spec(prefix, "frontend", app_ports["frontend"],
-                  (*env_common, ("API_URL", f"http://api:{app_ports['api']}")), (),
-                  bindings["frontend"], memory["frontend"], restart, max_retries, (NET_FRONTEND,)),
-        _app_spec(prefix, "admin", app_ports["admin"],
-                  (*env_common, *app_db_env, ("ADMIN_USER", admin_user), ("ADMIN_PASSWORD_FILE", SECRET_ADMIN.path),
+
+
+def _app_specs(prefix: str, environment: str, db: _Db, run: _Runtime, bindings: dict[str, PortBinding],
+               admin_user: str) -> tuple[ContainerSpec, ...]:
+    env_common = (("ENVIRONMENT", environment),)
+    db_env = (("DB_HOST", DB_ALIAS), ("DB_NAME", db.name), ("DB_PORT", str(POSTGRES_PORT)),
+              ("DB_CREDENTIALS_FILE", APP_CREDENTIALS_FILE))
+    return (
+        _app_spec(prefix, "api", APP_PORTS["api"], (*env_common, *db_env), (),
+                  bindings["api"], run.memory["api"], run.restart, run.max_retries, (NET_BACKEND, NET_FRONTEND)),
+        _app_spec(prefix, "frontend", APP_PORTS["frontend"],
+                  (*env_common, ("API_URL", f"http://api:{APP_PORTS['api']}")), (),
+                  bindings["frontend"], run.memory["frontend"], run.restart, run.max_retries, (NET_FRONTEND,)),
+        _app_spec(prefix, "admin", APP_PORTS["admin"],
+                  (*env_common, *db_env, ("ADMIN_USER", admin_user), ("ADMIN_PASSWORD_FILE", SECRET_ADMIN.path),
                    ("BACKUP_STATUS_FILE", f"{BACKUP_DIR}/status")),
                   (SecretMount(SECRET_ADMIN, APP_UID),),
-                  bindings["admin"], memory["admin"], restart, max_retries, (NET_BACKEND,)),
-    )
-    return StackSettings(
-        project=project,
-        stack=stack,
-        environment=environment,
-        networks={n: f"{prefix}_{n}" for n in (NET_BACKEND, NET_FRONTEND)},
-        volumes={v: f"{prefix}_{v}" for v in (VOL_DATA, VOL_APP_CREDENTIALS, VOL_PROVISION_STATE, VOL_BACKUPS)},
-        postgres_image=postgres_image,
-        python_base_image=python_base_image,
-        app_image=f"{app_repo}:{app_tag or stack}",
-        app_build_args=(("APP_UID", str(APP_UID)), ("BASE_IMAGE", python_base_image),
-                        *((("PIP_INDEX_URL", pip_index),) if pip_index else ()),
-                        *((("PIP_TRUSTED_HOST", pip_trusted),) if pip_trusted else ())),
-        db_name=db_name,
-        db_superuser=superuser,
-        db_app_user=app_user,
-        db_backup_user=backup_user,
-        admin_user=admin_user,
-        protect_data=protect,
-        log_max_size=r.parsed("logMaxSize", lambda v: v if _LOG_SIZE.fullmatch(v) else _raise(),
-                              "a size with unit k, m or g, e.g. 10m"),
-        log_max_file=r.integer("logMaxFile", 1, 100),
-        postgres=postgres,
-        provision=provision,
-        apps=apps,
-        backup=backup,
-        postgres_major=postgres_major,
-        backup_interval_s=backup_interval_min * 60,
-        backup_keep=backup_keep,
-        backup_tiers=backup_tiers,
-        secret_versions={spec.name: r.integer(spec.version_key, 1, 1_000_000) for spec in USER_SECRETS},
-        target=target,
-        swarm=swarm,
+                  bindings["admin"], run.memory["admin"], run.restart, run.max_retries, (NET_BACKEND,)),
     )
 
 

@@ -1,11 +1,11 @@
 """stock-analyzer operations: adopt the legacy database, back up, list backups, restore, upgrade Postgres.
 
-    python -m components.ops adopt   --stack STACK --from-volume NAME --password-file FILE [--database DB] [--user USER]
-    python -m components.ops backup  --stack STACK
-    python -m components.ops backups --stack STACK
-    python -m components.ops restore --stack STACK ID [--yes]
-    python -m components.ops upgrade --stack STACK --to-image IMAGE | --roll-back
-    python -m components.ops doctor  --stack STACK
+    python -m ops adopt   --stack STACK --from-volume NAME --password-file FILE [--database DB] [--user USER]
+    python -m ops backup  --stack STACK
+    python -m ops backups --stack STACK
+    python -m ops restore --stack STACK ID [--yes]
+    python -m ops upgrade --stack STACK --to-image IMAGE | --roll-back
+    python -m ops doctor  --stack STACK
 
 Talks to the engine in DOCKER_HOST (or the local socket). Every refusal is one `error:` line and exit 1,
 with nothing changed. Runbooks: docs/operations.md.
@@ -24,10 +24,7 @@ from pathlib import Path
 import docker.errors
 from docker.models.containers import Container
 
-from components.ops.doctor import MIN_FREE_GB, WARN_FREE_GB, Doctor, report
-from components.ops.engine import Engine, OpsError, Progress
-from components.ops.migrate import SUPERUSER_RECORD, Source, data_major, generate_password, migrate, volume_labels
-from components.settings import (
+from model.settings import (
     PROJECT,
     SUPPORTED_POSTGRES_MAJORS,
     VOL_DATA,
@@ -37,7 +34,10 @@ from components.settings import (
     image_major,
     is_image_ref,
 )
-from components.stack_file import PROJECT_DIR, settings_from_file
+from model.stack_yaml import PROJECT_DIR, settings_from_file
+from ops.doctor import MIN_FREE_GB, WARN_FREE_GB, Doctor, report
+from ops.engine import Engine, OpsError, Progress
+from ops.migrate import SUPERUSER_RECORD, Source, data_major, generate_password, migrate, volume_labels
 
 BACKUP_SCRIPT = "/backup/backup.sh"
 # Commands that hold the stack while they run (see Engine.stack_lock); the others refuse while one does.
@@ -172,7 +172,7 @@ def upgrade(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
     print(comparison.table())
     print(f"upgraded in {time.monotonic() - started:.1f} s; the stack is stopped. Next: set "
           f"postgresImage: {target_image} and postgresDataMajor: {new_major} in Pulumi.{s.stack}.yaml, then "
-          f"`pulumi up` (or export and `docker compose up -d`). To go back: python -m components.ops upgrade "
+          f"`pulumi up` (or export and `docker compose up -d`). To go back: python -m ops upgrade "
           f"--stack {s.stack} --roll-back ({rollback} holds the PostgreSQL {old_major} data).")
     return 0
 
@@ -218,7 +218,7 @@ def _undo_upgrade(s: StackSettings, engine: Engine, progress: Progress, stopped:
                 raise OpsError(f"the copy back into {data} differs from the original")
     except BaseException as undo:
         return (f"upgrade failed ({reason}) and the data could not be put back ({undo}): the intact PostgreSQL "
-                f"{old_major} data is in volume {rollback}; put it back with: python -m components.ops upgrade "
+                f"{old_major} data is in volume {rollback}; put it back with: python -m ops upgrade "
                 f"--stack {s.stack} --roll-back")
     engine.remove_volume(rollback)
     _start_again(s, stopped)
@@ -239,7 +239,7 @@ def _rollback_exists(s: StackSettings, engine: Engine, rollback: str) -> str:
         current: int | None = data_major(engine, s.postgres_image, data)
     except OpsError:
         current = None
-    back = f"python -m components.ops upgrade --stack {s.stack} --roll-back"
+    back = f"python -m ops upgrade --stack {s.stack} --roll-back"
     if current is None or current <= kept:
         return (f"{rollback} holds the PostgreSQL {kept} data of an upgrade that did not finish, and {data} holds no "
                 f"newer cluster: it may be your only good copy. Do not remove it; put it back with: {back}")
@@ -374,7 +374,7 @@ def restore(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
             raise OpsError(f"restore failed, the database is unchanged: {_last_line(out, code)}")
     safety = out.strip().splitlines()[-1]
     print(f"restored {entry.id} (taken {entry.taken}). The contents it replaced are backup {safety}; to go back: "
-          f"python -m components.ops restore --stack {s.stack} {safety} --yes")
+          f"python -m ops restore --stack {s.stack} {safety} --yes")
     return 0
 
 
@@ -386,7 +386,7 @@ def _last_line(out: str, code: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m components.ops", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m ops", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("adopt", help="fill a new stack's empty data volume from the legacy Postgres volume")
     p.add_argument("--stack", required=True)

@@ -1,6 +1,6 @@
 """The swarm target's services, derived from the same settings as the single-host containers.
 
-Pure (no Pulumi): the stack file for `docker stack deploy` (components/compose_swarm.py) and the Pulumi
+Pure (no Pulumi): the stack file for `docker stack deploy` (exporters/swarm_stack.py) and the Pulumi
 swarm components (components/swarm.py) both serialise this model, so they cannot disagree.
 
 What differs from one host, and why (docs/swarm.md):
@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from components.settings import (
+from model.settings import (
     APP_CREDENTIALS_FILE,
     APP_UID,
     PROVISION_DONE_FILE,

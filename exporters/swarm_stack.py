@@ -1,7 +1,7 @@
 """The swarm model as a stack file for `docker stack deploy` (docs/swarm.md).
 
 Keys Swarm ignores (container_name, depends_on, restart, security_opt) are not written; secrets and
-configs are named by content (components/swarm_model.py), so a new password or script is a new object
+configs are named by content (model/swarm.py), so a new password or script is a new object
 and the services that use it roll onto it.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from components.settings import PROXY_CONFIG_TARGET, SWARM_TARGET, Healthcheck, StackSettings
-from components.swarm_model import ServiceSpec, SwarmModel, content_name, swarm_model
+from model.settings import PROXY_CONFIG_TARGET, SWARM_TARGET, Healthcheck, StackSettings
+from model.swarm import ServiceSpec, SwarmModel, content_name, swarm_model
 
 
 def _duration(seconds: int) -> str:

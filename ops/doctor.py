@@ -1,4 +1,4 @@
-"""`python -m components.ops doctor --stack STACK`: the legacy troubleshooting flowcharts (image builds,
+"""`python -m ops doctor --stack STACK`: the legacy troubleshooting flowcharts (image builds,
 containers that do not start, network problems) as checks against the live engine and the stack's
 settings. One line per check: ok, warn or fail, and for each problem the fix in one sentence."""
 
@@ -13,9 +13,9 @@ from pathlib import Path
 import docker.errors
 from docker.models.containers import Container
 
-from components.ops.engine import Engine, OpsError
-from components.settings import APP_CREDENTIALS_FILE, ContainerSpec, StackSettings
-from components.stack_file import PROJECT_DIR
+from model.settings import APP_CREDENTIALS_FILE, ContainerSpec, StackSettings
+from model.stack_yaml import PROJECT_DIR
+from ops.engine import Engine, OpsError
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 # Free space on the engine's disk below which builds and Postgres fail (fail) or soon will (warn).
