@@ -234,6 +234,8 @@ class Engine:
         labels = {LOCK_LABEL: stack, f"{LOCK_LABEL}.command": command, f"{LOCK_LABEL}.pid": str(os.getpid()),
                   f"{LOCK_LABEL}.host": socket.gethostname(),
                   f"{LOCK_LABEL}.since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if not self.has_image(image):
+            raise OpsError(f"no image {image} (the stack's postgresImage) here or in a registry: nothing done")
         try:
             self.client.containers.create(image, command=["true"], entrypoint=[], name=name, network_mode="none",
                                           labels=labels)
