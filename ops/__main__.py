@@ -159,7 +159,7 @@ def upgrade(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
             _stop(s, running)
         with progress.step(f"keep the PostgreSQL {old_major} data as {rollback} (the rollback), proven identical"):
             original = engine.tree_digest(s.postgres_image, data)
-            engine.create_volume(rollback, {**volume_labels(s), "stock-analyzer.rollback-of": data})
+            engine.create_volume(rollback, {**volume_labels(s), ROLLBACK_LABEL: data})
             engine.copy_volume(s.postgres_image, data, rollback)
             if engine.tree_digest(s.postgres_image, rollback) != original:
                 raise OpsError(f"the copy {rollback} differs from {data}")
@@ -177,6 +177,8 @@ def upgrade(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
     return 0
 
 
+# On the copy an upgrade keeps of the data volume: the volume it is a copy of.
+ROLLBACK_LABEL = "stock-analyzer.rollback-of"
 # Free space an upgrade needs, in multiples of the data: the rollback copy, migrate's scratch copy of it, and
 # the new cluster.
 UPGRADE_SPACE_FACTOR = 3
@@ -202,24 +204,25 @@ def _undo_upgrade(s: StackSettings, engine: Engine, progress: Progress, stopped:
     """Put the old cluster back, proven identical, and start what was stopped. Returns the one line to say."""
     data = s.volumes[VOL_DATA]
     reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-    if original is None:
-        # It failed before the copy began: the data volume was never written.
-        engine.remove_volume(rollback)
-        _start_again(s, stopped)
-        return f"upgrade failed ({reason}); {data} was not touched and the stack is started again"
-    progress.say(f"upgrade failed ({reason}): putting the PostgreSQL {old_major} data back into {data}")
+    back = f"python -m ops upgrade --stack {s.stack} --roll-back"
     try:
+        # The data volume is emptied only after the rollback copy was proven identical, and that copy is
+        # never written again: whichever of the two still matches the original digest is the good one.
+        if original is None or engine.tree_digest(s.postgres_image, data) == original:
+            engine.remove_volume(rollback)
+            _start_again(s, stopped)
+            return f"upgrade failed ({reason}); {data} was not touched and the stack is started again"
+        if engine.tree_digest(s.postgres_image, rollback) != original:
+            return (f"upgrade failed ({reason}), and neither {data} nor {rollback} is identical to the data before "
+                    "the upgrade: remove neither; the stack stays stopped (docs/operations.md, Major upgrades)")
+        progress.say(f"upgrade failed ({reason}): putting the PostgreSQL {old_major} data back into {data}")
+        engine.empty_volume(s.postgres_image, data)
+        engine.copy_volume(s.postgres_image, rollback, data)
         if engine.tree_digest(s.postgres_image, data) != original:
-            if engine.tree_digest(s.postgres_image, rollback) != original:
-                raise OpsError(f"{rollback} is not a whole copy")  # the copy itself failed: data untouched?
-            engine.empty_volume(s.postgres_image, data)
-            engine.copy_volume(s.postgres_image, rollback, data)
-            if engine.tree_digest(s.postgres_image, data) != original:
-                raise OpsError(f"the copy back into {data} differs from the original")
+            raise OpsError(f"the copy back into {data} differs from the original")
     except BaseException as undo:
         return (f"upgrade failed ({reason}) and the data could not be put back ({undo}): the intact PostgreSQL "
-                f"{old_major} data is in volume {rollback}; put it back with: python -m ops upgrade "
-                f"--stack {s.stack} --roll-back")
+                f"{old_major} data is in volume {rollback}; put it back with: {back}")
     engine.remove_volume(rollback)
     _start_again(s, stopped)
     return (f"upgrade failed ({reason}); {data} holds the PostgreSQL {old_major} data again, identical to before, "
@@ -227,8 +230,7 @@ def _undo_upgrade(s: StackSettings, engine: Engine, progress: Progress, stopped:
 
 
 def _rollback_copies(s: StackSettings, engine: Engine) -> list[str]:
-    labelled = engine.client.volumes.list(filters={"label": f"stock-analyzer.rollback-of={s.volumes[VOL_DATA]}"})
-    return sorted(str(v.name) for v in labelled)
+    return engine.volumes_labelled(ROLLBACK_LABEL, s.volumes[VOL_DATA])
 
 
 def _rollback_exists(s: StackSettings, engine: Engine, rollback: str) -> str:

@@ -72,6 +72,9 @@ class Engine:
         with suppress(docker.errors.NotFound):
             self.client.volumes.get(name).remove(force=True)
 
+    def volumes_labelled(self, label: str, value: str) -> list[str]:
+        return sorted(str(v.name) for v in self.client.volumes.list(filters={"label": f"{label}={value}"}))
+
     def volume_users(self, name: str, running_only: bool = True) -> list[str]:
         return [str(c.name) for c in self.client.containers.list(all=not running_only, filters={"volume": name})]
 

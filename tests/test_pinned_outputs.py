@@ -59,7 +59,9 @@ def _program_snapshot_here(stack: str) -> str:
         "delete_before_replace": r.delete_before_replace, "retain_on_delete": r.retain_on_delete,
         "additional_secret_outputs": sorted(r.additional_secret_outputs),
     } for r in sorted(rec.resources, key=lambda r: r.urn)]
-    return json.dumps({"resources": resources, "outputs": _marked(rec.outputs)}, indent=1, sort_keys=True) + "\n"
+    text = json.dumps({"resources": resources, "outputs": _marked(rec.outputs)}, indent=1, sort_keys=True) + "\n"
+    # The compose output names the build context by its absolute path: the checkout's place is no behaviour.
+    return text.replace(str(ROOT), "<ROOT>")
 
 
 def export_snapshot(stack: str) -> str:
