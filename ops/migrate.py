@@ -155,10 +155,9 @@ def migrate(engine: Engine, s: StackSettings, source: Source, target_image: str,
                 dst_inv = _inventory(engine, tgt, "/var/run/postgresql", s.db_superuser, s.db_name, None)
                 src_inv = src_future.result()
         keys = sorted(set(src_inv) | set(dst_inv))
-        _, review = engine.sh(tgt, 'psql -X -A -t -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -U "$SU" -d "$DB" '
-                                   '-f /run/ops/review.sql', {"SU": s.db_superuser, "DB": s.db_name})
+        review = _sql_file(engine, tgt, "/var/run/postgresql", s.db_superuser, s.db_name, None, "review.sql")
         comparison = Comparison([(k[0], k[1], src_inv.get(k, "missing"), dst_inv.get(k, "missing")) for k in keys],
-                                tuple(line for line in review.splitlines() if line.strip()))
+                                tuple(review))
         if comparison.mismatches:
             raise OpsError(f"the copy differs from the source in {len(comparison.mismatches)} object(s):\n"
                            + comparison.table())
@@ -180,10 +179,7 @@ def migrate(engine: Engine, s: StackSettings, source: Source, target_image: str,
 
 
 def _refuse_what_would_stay_behind(engine: Engine, src: Container, source: Source) -> None:
-    _, out = engine.sh(src, 'psql -X -A -t -q -v ON_ERROR_STOP=1 -h source -U "$U" -d "$D" -v db="$D" -v su="$U" '
-                            '-f /run/ops/carry.sql', {"PGPASSWORD": source.password, "U": source.user,
-                                                      "D": source.database})
-    extra = [line for line in out.splitlines() if line.strip()]
+    extra = _sql_file(engine, src, "source", source.user, source.database, source.password, "carry.sql")
     if extra:
         raise OpsError(f"the cluster holds what the upgrade would not carry (it copies database {source.database} "
                        f"and the stack's own roles): {'; '.join(extra)}. Move or drop them first "
@@ -199,13 +195,20 @@ def image_major_or(image: str) -> str:
 
 def _inventory(engine: Engine, container: Container, host: str, user: str, db: str,
                password: str | None) -> dict[tuple[str, str], str]:
-    env = {"H": host, "U": user, "D": db, **({"PGPASSWORD": password} if password else {})}
-    _, out = engine.sh(container,
-                       'psql -X -q -A -t -F "|" -v ON_ERROR_STOP=1 -h "$H" -p ' + str(POSTGRES_PORT)
-                       + ' -U "$U" -d "$D" -f /run/ops/inventory.sql', env)
     result = {}
-    for line in out.splitlines():
+    for line in _sql_file(engine, container, host, user, db, password, "inventory.sql"):
         parts = line.split("|", 2)
         if len(parts) == 3:
             result[(parts[0], parts[1])] = parts[2]
     return result
+
+
+def _sql_file(engine: Engine, container: Container, host: str, user: str, db: str, password: str | None,
+              name: str) -> list[str]:
+    """The non-empty result lines of one of ops/sql/ (uploaded to /run/ops/), fields separated by `|`; the
+    file may use the variables db and su (the database and the user it runs as)."""
+    env = {"H": host, "U": user, "D": db, **({"PGPASSWORD": password} if password else {})}
+    _, out = engine.sh(container,
+                       'psql -X -q -A -t -F "|" -v ON_ERROR_STOP=1 -h "$H" -p ' + str(POSTGRES_PORT)
+                       + f' -U "$U" -d "$D" -v db="$D" -v su="$U" -f /run/ops/{name}', env)
+    return [line for line in out.splitlines() if line.strip()]

@@ -59,9 +59,32 @@ def _program_snapshot_here(stack: str) -> str:
         "delete_before_replace": r.delete_before_replace, "retain_on_delete": r.retain_on_delete,
         "additional_secret_outputs": sorted(r.additional_secret_outputs),
     } for r in sorted(rec.resources, key=lambda r: r.urn)]
-    text = json.dumps({"resources": resources, "outputs": _marked(rec.outputs)}, indent=1, sort_keys=True) + "\n"
+    names = [r["name"] for r in resources]
+    assert len(set(names)) == len(names), "resource names are not unique: key the pins by URN"
+    text = _flat({"resources": {r["name"]: r for r in resources}, "outputs": _marked(rec.outputs)})
     # The compose output names the build context by its absolute path: the checkout's place is no behaviour.
     return text.replace(str(ROOT), "<ROOT>")
+
+
+def _flat(doc: Any) -> str:
+    """One line per value, `path: text` for a string (newlines escaped) and `path = json` for anything else:
+    a review diff names the exact input that changed, and no line reads like a quoted credential."""
+    lines: list[str] = []
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, dict) and value:
+            for key in sorted(value):
+                walk(value[key], f"{path}.{key}" if path else key)
+        elif isinstance(value, list) and value:
+            for i, item in enumerate(value):
+                walk(item, f"{path}[{i}]")
+        elif isinstance(value, str):
+            lines.append(f"{path}: {json.dumps(value)[1:-1]}")
+        else:
+            lines.append(f"{path} = {json.dumps(value)}")
+
+    walk(doc, "")
+    return "\n".join(lines) + "\n"
 
 
 def export_snapshot(stack: str) -> str:
