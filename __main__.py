@@ -12,7 +12,13 @@ from components.database import Database, DatabaseArgs
 from components.network import Network, NetworkArgs
 from components.swarm import SwarmFiles, SwarmFilesArgs, SwarmServices, SwarmServicesArgs
 from exporters.compose import compose_text
-from model.settings import SECRET_ADMIN, SECRET_APP_DB, SECRET_BACKUP_DB, SECRET_POSTGRES, SECRETS
+from model.settings import (
+    SECRET_ADMIN,
+    SECRET_APP_DB,
+    SECRET_BACKUP_DB,
+    SECRET_PITR_CIPHER,
+    SECRET_POSTGRES,
+)
 from model.swarm import PROXY_SERVICE, swarm_model
 
 stack = pulumi.get_stack()
@@ -20,7 +26,8 @@ stack = pulumi.get_stack()
 settings, provided_passwords = read_stack_config(stack)
 
 credentials = Credentials("credentials", CredentialsArgs(
-    secrets=SECRETS, provided=provided_passwords, versions=settings.secret_versions))
+    secrets=(*settings.generated_secrets, *settings.supplied_secrets), provided=provided_passwords,
+    versions=settings.secret_versions))
 
 
 def single_host() -> None:
@@ -41,6 +48,7 @@ def single_host() -> None:
     backup = Backup("backup", BackupArgs(
         settings=settings,
         image=database.image_id,
+        pitr_image=database.server_image if settings.pitr else None,
         network_names=network.names,
         passwords=credentials.passwords,
         volume_names=database.volume_names,
@@ -65,6 +73,9 @@ def single_host() -> None:
     pulumi.export("app_db_password", credentials.passwords[SECRET_APP_DB.name])
     pulumi.export("admin_password", credentials.passwords[SECRET_ADMIN.name])
     pulumi.export("backup_db_password", credentials.passwords[SECRET_BACKUP_DB.name])
+    if SECRET_PITR_CIPHER.name in credentials.passwords:
+        # Without it the off-host repository cannot be read: keep a copy away from the host (docs/recovery.md).
+        pulumi.export("pitr_cipher_key", credentials.passwords[SECRET_PITR_CIPHER.name])
 
 
 def swarm() -> None:

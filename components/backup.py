@@ -22,6 +22,7 @@ class BackupArgs:
     volume_names: Mapping[str, pulumi.Input[str]]
     # Starts after the healthy database and its provisioning (which hands it the backup directory).
     depends_on: Sequence[pulumi.Resource] = field(default_factory=list)
+    pitr_image: pulumi.Input[str] | None = None  # with pitr: the server's image (pgBackRest), for db-pitr
 
 
 class Backup(pulumi.ComponentResource):
@@ -37,4 +38,14 @@ class Backup(pulumi.ComponentResource):
             opts=replace_opts(self, depends_on=args.depends_on),
         )
         self.container_name = container.name
-        self.register_outputs({"container_name": self.container_name})
+        outputs: dict[str, pulumi.Output[str]] = {"container_name": self.container_name}
+        if s.pitr_runner is not None:
+            assert args.pitr_image is not None, "pitr needs the server's image"
+            pitr = docker.Container(
+                f"{name}-pitr",
+                container_args(s.pitr_runner, s, image=args.pitr_image, network_names=args.network_names,
+                               passwords=args.passwords, volume_names=args.volume_names),
+                opts=replace_opts(self, depends_on=args.depends_on),
+            )
+            outputs["pitr_container_name"] = pitr.name
+        self.register_outputs(outputs)

@@ -9,7 +9,16 @@ import pulumi
 import pulumi_docker as docker
 
 from components.containers import container_args, replace_opts
-from model.settings import VOL_APP_CREDENTIALS, VOL_BACKUPS, VOL_DATA, VOL_PROVISION_STATE, StackSettings
+from model.settings import (
+    VOL_APP_CREDENTIALS,
+    VOL_BACKUPS,
+    VOL_DATA,
+    VOL_PITR_REPO,
+    VOL_PITR_SCRATCH,
+    VOL_PITR_SOCKET,
+    VOL_PROVISION_STATE,
+    StackSettings,
+)
 
 
 @dataclass
@@ -21,7 +30,8 @@ class DatabaseArgs:
 
 
 _VOLUME_ROLES = {VOL_DATA: "data", VOL_APP_CREDENTIALS: "app-credentials", VOL_PROVISION_STATE: "provision-state",
-                 VOL_BACKUPS: "backups"}
+                 VOL_BACKUPS: "backups", VOL_PITR_REPO: "pgbackrest", VOL_PITR_SOCKET: "socket",
+                 VOL_PITR_SCRATCH: "pitr-scratch"}
 
 
 class Database(pulumi.ComponentResource):
@@ -29,6 +39,7 @@ class Database(pulumi.ComponentResource):
     volume_name: pulumi.Output[str]
     volume_names: dict[str, pulumi.Output[str]]
     image_id: pulumi.Output[str]
+    server_image: pulumi.Output[str]  # the Postgres image, or with pitr the one built from it with pgBackRest
     provisioned: pulumi.Output[str]
     server: docker.Container
     provision: docker.Container
@@ -46,6 +57,7 @@ class Database(pulumi.ComponentResource):
             logical: docker.Volume(
                 f"{name}-{_VOLUME_ROLES[logical]}",
                 name=engine_name,
+                driver_opts=s.volume_driver_opts.get(logical),
                 labels=[docker.VolumeLabelArgs(label="stock-analyzer.environment", value=s.environment),
                         docker.VolumeLabelArgs(label="stock-analyzer.stack", value=s.stack)],
                 # retain_on_delete keeps the data if the volume resource is ever deleted from the program;
@@ -57,10 +69,22 @@ class Database(pulumi.ComponentResource):
             for logical, engine_name in s.volumes.items()
         }
         self.volume_names = {logical: v.name for logical, v in volumes.items()}
+        self.server_image = image.image_id
+        if s.pitr:
+            built = docker.Image(
+                f"{name}-pitr-image",
+                image_name=s.pitr.image,
+                build=docker.DockerBuildArgs(context="pitr", dockerfile="pitr/Dockerfile",
+                                             args={"POSTGRES_IMAGE": s.postgres_image},
+                                             builder_version=docker.BuilderVersion.BUILDER_BUILD_KIT),
+                skip_push=True,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[image]),
+            )
+            self.server_image = built.repo_digest
         # Two servers must never share one data directory: delete before replace.
         self.server = docker.Container(
             f"{name}-server",
-            container_args(s.postgres, s, image=image.image_id, network_names=args.network_names,
+            container_args(s.postgres, s, image=self.server_image, network_names=args.network_names,
                            passwords=args.passwords, volume_names=self.volume_names),
             opts=replace_opts(self),
         )
@@ -80,6 +104,7 @@ class Database(pulumi.ComponentResource):
             "volume_name": self.volume_name,
             "volume_names": self.volume_names,
             "image_id": self.image_id,
+            "server_image": self.server_image,
             "provisioned": self.provisioned,
         })
 

@@ -24,6 +24,7 @@ from exporters import swarm_stack
 from model import swarm as swarm_model
 from model.settings import (
     PROJECT,
+    S3_SECRETS,
     SECRET_APP_DB,
     SECRETS,
     SECURITY_OPTS,
@@ -99,8 +100,10 @@ def compose_document(s: StackSettings, app_context: Path = APP_CONTEXT,
     build: dict[str, Any] = {"context": str(app_context), "args": dict(s.app_build_args)}
     if ca_bundle:
         build["secrets"] = ["ca"]
+    postgres_image = s.pitr.image if s.pitr else s.postgres_image
+    pitr_build = {"context": str(app_context.parent / "pitr"), "args": {"POSTGRES_IMAGE": s.postgres_image}}
     services: dict[str, Any] = {
-        "postgres": _service(s.postgres, s, s.postgres_image, None, {}),
+        "postgres": _service(s.postgres, s, postgres_image, pitr_build if s.pitr else None, {}),
         # Started with the server: the job itself waits until the server accepts connections (the probe
         # of its healthcheck; provision/provision.sh), which spares compose's half-second health polling.
         "db-provision": _service(s.provision, s, s.postgres_image, None,
@@ -117,13 +120,19 @@ def compose_document(s: StackSettings, app_context: Path = APP_CONTEXT,
         services[spec.service] = svc
     services[s.backup.service] = _service(s.backup, s, s.postgres_image, None, {
         **healthy_db, "db-provision": {"condition": "service_completed_successfully"}})
+    if s.pitr_runner:
+        services[s.pitr_runner.service] = {"image": postgres_image, "pull_policy": "never", **_service(
+            s.pitr_runner, s, postgres_image, None, {
+                **healthy_db, "db-provision": {"condition": "service_completed_successfully"}})}
     used = sorted({m.secret.name for c in s.containers for m in c.secrets})
     build_secrets = {"ca": {"file": str(ca_bundle.absolute())}} if ca_bundle else {}
     return {
         "name": s.prefix,
         "services": services,
         "networks": {logical: {"name": name, "driver": "bridge"} for logical, name in s.networks.items()},
-        "volumes": {logical: {"name": name} for logical, name in s.volumes.items()},
+        "volumes": {logical: {"name": name, **({"driver_opts": s.volume_driver_opts[logical]}
+                                                if logical in s.volume_driver_opts else {})}
+                    for logical, name in s.volumes.items()},
         "secrets": {**{name: {"file": f"./{SECRETS_SUBDIR}/{name}"} for name in used}, **build_secrets},
         # Files next to compose.yaml, bind-mounted: inline `content:` would be copied into the container,
         # which the engine refuses for a read-only root filesystem.
@@ -256,8 +265,13 @@ def export(stack: str, out: Path, project_dir: Path = PROJECT_DIR, ca_bundle: Pa
     _check_out_dir(out)
     _check_secret_dir(secret_dir)
     os.chmod(secret_dir, 0o700)
+    if settings.pitr and settings.pitr.s3:
+        missing = [spec.name for spec in S3_SECRETS if not (secret_dir / spec.name).is_file()]
+        if missing:
+            raise ExportError(f"pitrOffhost is s3: put the object store's keys in {secret_dir}/"
+                              f"{' and '.join(missing)} (mode 0444, one line each, no newline) and export again")
     created = []
-    for spec in SECRETS:
+    for spec in settings.generated_secrets:
         path = secret_dir / spec.name
         if not path.exists():
             # 0444 inside a 0700 directory: private on the host, yet readable by the non-root uid of each

@@ -13,9 +13,12 @@ import ipaddress
 import re
 import unicodedata
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
+
+from model import pitr as pitr_model
+from model.pitr import PitrSettings, S3Repo
 
 PROJECT = "stock-analyzer"
 ENVIRONMENTS = ("dev", "prod")
@@ -65,8 +68,12 @@ NET_BACKEND, NET_FRONTEND = "backend", "frontend"
 # Logical volume names (compose keys); the engine names are per stack, see StackSettings.volumes.
 VOL_DATA, VOL_APP_CREDENTIALS, VOL_PROVISION_STATE = "postgres_data", "app_credentials", "provision_state"
 VOL_BACKUPS = "backups"
+# With pitr: the local pgBackRest repository, the server socket shared with db-pitr, the drill's scratch.
+VOL_PITR_REPO, VOL_PITR_SOCKET, VOL_PITR_SCRATCH = "pgbackrest", "pg_socket", "pitr_scratch"
+PITR_MARKS_DIR = "/var/lib/pgbackrest/marks"
 # Scheduled logical backups (backup/backup.sh), in their own volume: protected with the data in prod.
 BACKUP_DIR = "/var/lib/backups"
+PITR_STATUS_DIR = f"{BACKUP_DIR}/pitr"  # beside the dumps' status: the admin UI reads both
 BACKUP_SOURCE = Path(__file__).resolve().parent.parent / "backup"
 BACKUP_TARGET = "/backup"
 BACKUP_TIERS = ("daily", "weekly", "monthly")
@@ -131,9 +138,17 @@ SECRET_BACKUP_DB = SecretSpec("backup_db_password", "backupDbPassword", "passwor
 # restarts) the server.
 SECRET_POSTGRES_BOOTSTRAP = SecretSpec("postgres_bootstrap_password", "", "bootstrap superuser password",
                                        configurable=False)
+# Encrypts the off-host pgBackRest repository. Not rotatable (the repository is written with it): keep a copy
+# away from the host, with the stack's state (docs/recovery.md, Host lost).
+SECRET_PITR_CIPHER = SecretSpec("pitr_cipher_key", "", "cipher key of the off-host backup repository", length=64,
+                                configurable=False)
 SECRETS = (SECRET_POSTGRES, SECRET_APP_DB, SECRET_ADMIN, SECRET_BACKUP_DB, SECRET_POSTGRES_BOOTSTRAP)
 # The ones a stack may supply (config key) and rotate (version trigger).
 USER_SECRETS = tuple(s for s in SECRETS if s.configurable)
+# Supplied, never generated: the off-host object store's access keys (with pitrOffhost: s3).
+SECRET_S3_KEY = SecretSpec("pitr_s3_key", "pitrS3AccessKey", "access key of the off-host object store")
+SECRET_S3_KEY_SECRET = SecretSpec("pitr_s3_key_secret", "pitrS3SecretKey", "secret key of the off-host object store")
+S3_SECRETS = (SECRET_S3_KEY, SECRET_S3_KEY_SECRET)
 
 
 @dataclass(frozen=True)
@@ -258,6 +273,27 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("backupKeepWeekly", "integer", "Also kept: the newest backup of each of this many ISO weeks.", "4"),
     ConfigKey("backupKeepMonthly", "integer", "Also kept: the newest backup of each of this many months.", "6"),
     ConfigKey("adminUser", "string", "Admin UI user name.", "admin"),
+    ConfigKey("pitr", "boolean", "Continuous WAL archiving and point-in-time recovery with pgBackRest "
+              "(docs/recovery.md).", "false"),
+    ConfigKey("pitrArchiveTimeoutSeconds", "integer", "pitr: a WAL segment is archived at least this often "
+              "under writes (bounds the data lost with the volume).", "60"),
+    ConfigKey("pitrFullIntervalHours", "integer", "pitr: hours between full base backups.", "168"),
+    ConfigKey("pitrDiffIntervalHours", "integer", "pitr: hours between differential base backups.", "24"),
+    ConfigKey("pitrDrillIntervalHours", "integer", "pitr: hours between restore drills of the newest backup.",
+              "168"),
+    ConfigKey("pitrRetentionDays", "integer", "pitr: days the local repository keeps full backups (and the WAL "
+              "they need).", "14"),
+    ConfigKey("pitrOffhost", "string", "pitr: the off-host repository: none or s3 (an S3-compatible object "
+              "store, encrypted with a generated key).", "none"),
+    ConfigKey("pitrS3Endpoint", "string", "pitr with s3: the object store's HTTPS endpoint, host[:port].", ""),
+    ConfigKey("pitrS3Bucket", "string", "pitr with s3: the bucket (it must exist).", ""),
+    ConfigKey("pitrS3Region", "string", "pitr with s3: the region.", "us-east-1"),
+    ConfigKey("pitrS3VerifyTls", "boolean", "pitr with s3: verify the endpoint's certificate (required in prod).",
+              "true"),
+    ConfigKey("pitrOffhostRetentionDays", "integer", "pitr: days the off-host repository keeps full backups.",
+              "35"),
+    *(ConfigKey(s.config_key, "string", f"pitr with s3: the {s.description}, set with --secret.", None,
+                secret=True) for s in S3_SECRETS),
     ConfigKey("target", "string", "Where the stack runs: single (one Docker engine) or swarm (a Swarm cluster "
               "reached through DOCKER_HOST; docs/swarm.md).", "single"),
     ConfigKey("swarmEndpointMode", "string", "swarm: vip (ingress routing mesh) or dnsrr (edge proxy published "
@@ -348,6 +384,10 @@ class StackSettings:
     secret_versions: dict[str, int] = field(default_factory=dict)  # secret name -> rotation version
     target: str = "single"
     swarm: SwarmSettings | None = None  # set when target is swarm
+    pitr: PitrSettings | None = None  # set when pitr is on
+    pitr_runner: ContainerSpec | None = None  # db-pitr: base backups and drills (with pitr)
+    # Volumes created with driver options (the shared socket is a tmpfs): logical name -> options.
+    volume_driver_opts: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def volume_name(self) -> str:
@@ -366,7 +406,8 @@ class StackSettings:
 
     @property
     def containers(self) -> tuple[ContainerSpec, ...]:
-        return (self.postgres, self.provision, *self.apps, self.backup)
+        return (self.postgres, self.provision, *self.apps, self.backup,
+                *((self.pitr_runner,) if self.pitr_runner else ()))
 
     @property
     def app_group(self) -> str:
@@ -378,6 +419,16 @@ class StackSettings:
 
     def app(self, service: str) -> ContainerSpec:
         return next(a for a in self.apps if a.service == service)
+
+    @property
+    def generated_secrets(self) -> tuple[SecretSpec, ...]:
+        """What this stack generates: the passwords, and with an off-host repository its cipher key."""
+        return (*SECRETS, *((SECRET_PITR_CIPHER,) if self.pitr and self.pitr.s3 else ()))
+
+    @property
+    def supplied_secrets(self) -> tuple[SecretSpec, ...]:
+        """What only the user can give: the object store's keys."""
+        return S3_SECRETS if self.pitr and self.pitr.s3 else ()
 
 
 def _fail(key: str, value: object, allowed: str) -> ConfigError:
@@ -570,12 +621,18 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
     target = r.choice("target", TARGETS)
     swarm = _swarm_settings(r, bindings) if target == "swarm" else None
     prefix = f"{project}-{stack}"
+    pitr = _pitr(r, prod, db, images.postgres, project) if r.boolean("pitr") else None
+    if pitr and swarm:
+        raise _fail("pitr", "true", f"false with {PROJECT}:target swarm (point-in-time recovery runs on the single "
+                    "host today; the swarm's replicated database is docs/swarm.md's)")
+    volumes = [VOL_DATA, VOL_APP_CREDENTIALS, VOL_PROVISION_STATE, VOL_BACKUPS,
+               *((VOL_PITR_REPO, VOL_PITR_SOCKET, VOL_PITR_SCRATCH) if pitr else ())]
     return StackSettings(
         project=project,
         stack=stack,
         environment=environment,
         networks={n: f"{prefix}_{n}" for n in (NET_BACKEND, NET_FRONTEND)},
-        volumes={v: f"{prefix}_{v}" for v in (VOL_DATA, VOL_APP_CREDENTIALS, VOL_PROVISION_STATE, VOL_BACKUPS)},
+        volumes={v: f"{prefix}_{v}" for v in volumes},
         postgres_image=images.postgres,
         python_base_image=images.python_base,
         app_image=images.app,
@@ -589,7 +646,7 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         log_max_size=r.parsed("logMaxSize", lambda v: v if _LOG_SIZE.fullmatch(v) else _raise(),
                               "a size with unit k, m or g, e.g. 10m"),
         log_max_file=r.integer("logMaxFile", 1, 100),
-        postgres=_postgres_spec(prefix, db, run, bindings),
+        postgres=_postgres_spec(prefix, db, run, bindings, pitr),
         provision=_provision_spec(prefix, db),
         apps=_app_specs(prefix, environment, db, run, bindings, admin_user),
         backup=_backup_spec(prefix, db, run, backups),
@@ -600,6 +657,11 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         secret_versions={spec.name: r.integer(spec.version_key, 1, 1_000_000) for spec in USER_SECRETS},
         target=target,
         swarm=swarm,
+        pitr=pitr,
+        pitr_runner=_pitr_spec(prefix, db, run, pitr) if pitr else None,
+        volume_driver_opts={VOL_PITR_SOCKET: {
+            "type": "tmpfs", "device": "tmpfs",
+            "o": f"size=1m,uid={POSTGRES_UID},gid={POSTGRES_UID},mode=0775"}} if pitr else {},
     )
 
 
@@ -739,8 +801,9 @@ def _backups(r: _Reader) -> _Backups:
 # --- builders: one container each, from what the readers returned --------------------------------------
 
 
-def _postgres_spec(prefix: str, db: _Db, run: _Runtime, bindings: dict[str, PortBinding]) -> ContainerSpec:
-    return ContainerSpec(
+def _postgres_spec(prefix: str, db: _Db, run: _Runtime, bindings: dict[str, PortBinding],
+                   pitr: PitrSettings | None = None) -> ContainerSpec:
+    base = ContainerSpec(
         service="postgres",
         container_name=f"{prefix}-postgres",
         command=(),
@@ -775,6 +838,103 @@ def _postgres_spec(prefix: str, db: _Db, run: _Runtime, bindings: dict[str, Port
         stop_signal="SIGINT",
         stop_grace_s=60,
         mounts=(VolumeMount(VOL_DATA, PGDATA),),
+    )
+    return _with_archiving(base, pitr) if pitr else base
+
+
+def _pitr_env(p: PitrSettings) -> dict[str, str]:
+    return {"PITR_REPOS": " ".join(str(n) for n in p.repos)}
+
+
+def _pitr_secrets(p: PitrSettings) -> tuple[SecretMount, ...]:
+    # Only the off-host repository is encrypted: the local one lives beside the data it copies.
+    return tuple(SecretMount(spec, POSTGRES_UID) for spec in ((SECRET_PITR_CIPHER, *S3_SECRETS) if p.s3 else ()))
+
+
+def _with_archiving(spec: ContainerSpec, p: PitrSettings) -> ContainerSpec:
+    """The server archives every WAL segment itself (archive_command = pgBackRest's archive-push); its socket
+    moves to a volume db-pitr shares (pgBackRest reaches Postgres by socket only)."""
+    return replace(
+        spec,
+        command=("postgres", *pitr_model.server_options(p)),
+        env=tuple(sorted({**dict(spec.env), **_pitr_env(p)}.items())),
+        secrets=(*spec.secrets, *_pitr_secrets(p)),
+        tmpfs=((TMP_DIR, TMPFS_OPTS),),
+        uploads=pitr_files(p),
+        mounts=(*spec.mounts, VolumeMount(VOL_PITR_REPO, pitr_model.REPO_DIR),
+                VolumeMount(VOL_PITR_SOCKET, pitr_model.SOCKET_DIR)),
+    )
+
+
+def pitr_files(p: PitrSettings) -> tuple[tuple[str, str], ...]:
+    conf = pitr_model.pgbackrest_conf(p, f"/{PROJECT}")
+    return ((pitr_model.CONF_PATH, conf),
+            *((f"{pitr_model.PITR_TARGET}/{name}", (pitr_model.PITR_SOURCE / name).read_text(encoding="utf-8"))
+              for name in pitr_model.SCRIPTS))
+
+
+def _pitr_spec(prefix: str, db: _Db, run: _Runtime, p: PitrSettings) -> ContainerSpec:
+    """db-pitr: schedules base backups and drills; reads the data volume, never writes it."""
+    return ContainerSpec(
+        service="db-pitr",
+        container_name=f"{prefix}-db-pitr",
+        entrypoint=("sh", f"{pitr_model.PITR_TARGET}/pitr.sh"),
+        command=("loop",),
+        env=tuple(sorted({
+            **_pitr_env(p),
+            "PGDATA": PGDATA,
+            "PGDATABASE": db.name,
+            "PGUSER": db.superuser,
+            "PITR_SOCKET_DIR": pitr_model.SOCKET_DIR,
+            "PITR_STATUS_DIR": PITR_STATUS_DIR,
+            "PITR_MARKS_DIR": PITR_MARKS_DIR,
+            "PITR_SCRATCH_DIR": "/var/lib/pitr-scratch",
+            "PITR_SCRATCH_PORT": str(pitr_model.SCRATCH_PORT),
+            "PITR_FULL_INTERVAL_S": str(p.full_interval_h * 3600),
+            "PITR_DIFF_INTERVAL_S": str(p.diff_interval_h * 3600),
+            "PITR_DRILL_INTERVAL_S": str(p.drill_interval_h * 3600),
+        }.items())),
+        secrets=_pitr_secrets(p),
+        ports=(),
+        healthcheck=Healthcheck(test=("CMD", "sh", f"{pitr_model.PITR_TARGET}/pitr.sh", "health"), interval_s=30,
+                                timeout_s=10, retries=2, start_period_s=600, start_interval_ms=START_INTERVAL_MS),
+        memory_mb=BACKUP_MEMORY_MB * 2,
+        restart=run.restart,
+        max_retries=run.max_retries,
+        user=f"{POSTGRES_UID}:{POSTGRES_UID}",
+        uploads=pitr_files(p),
+        pids_limit=128,
+        stop_grace_s=30,
+        mounts=(VolumeMount(VOL_DATA, PGDATA, read_only=True), VolumeMount(VOL_PITR_REPO, pitr_model.REPO_DIR),
+                VolumeMount(VOL_PITR_SOCKET, pitr_model.SOCKET_DIR), VolumeMount(VOL_BACKUPS, BACKUP_DIR),
+                VolumeMount(VOL_PITR_SCRATCH, "/var/lib/pitr-scratch")),
+    )
+
+
+def _pitr(r: _Reader, prod: bool, db: _Db, postgres_image: str, project: str) -> PitrSettings:
+    """Archiving, schedules, retention by age, and the off-host repository."""
+    offhost = r.choice("pitrOffhost", pitr_model.OFFHOST_KINDS)
+    s3 = None
+    if offhost == "s3":
+        host, port = r.parsed("pitrS3Endpoint", pitr_model.parse_endpoint,
+                              "the object store's HTTPS endpoint as host or host:port, e.g. s3.example.com")
+        bucket = r.parsed("pitrS3Bucket", lambda v: v if pitr_model.valid_bucket(v) else _raise(),
+                          "an S3 bucket name: 3-63 of a-z 0-9 . -, starting and ending with a letter or digit")
+        region = r.parsed("pitrS3Region", lambda v: v if pitr_model.valid_region(v) else _raise(),
+                          "a region name of a-z 0-9 -, e.g. us-east-1")
+        verify = r.boolean("pitrS3VerifyTls")
+        if prod and not verify:
+            raise _fail("pitrS3VerifyTls", "false", "true in prod (an unverified endpoint can be anyone's)")
+        s3 = S3Repo(host, port, bucket, region, verify, r.integer("pitrOffhostRetentionDays", 1, 3650))
+    return PitrSettings(
+        archive_timeout_s=r.integer("pitrArchiveTimeoutSeconds", 1, 3600),
+        full_interval_h=r.integer("pitrFullIntervalHours", 1, 24 * 90),
+        diff_interval_h=r.integer("pitrDiffIntervalHours", 1, 24 * 90),
+        drill_interval_h=r.integer("pitrDrillIntervalHours", 1, 24 * 90),
+        local_retention_days=r.integer("pitrRetentionDays", 1, 3650),
+        s3=s3,
+        superuser=db.superuser,
+        image=pitr_model.pitr_image(postgres_image, project),
     )
 
 

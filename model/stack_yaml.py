@@ -9,7 +9,10 @@ from typing import Any
 
 import yaml
 
-from model.settings import PROJECT, USER_SECRETS, ConfigError, StackSettings, load_settings
+from model.settings import PROJECT, S3_SECRETS, USER_SECRETS, ConfigError, StackSettings, load_settings
+
+# Keys whose values are credentials: set only as secrets; unset (empty) means generate, or for S3 keys, absent.
+_SECRET_KEYS = (*USER_SECRETS, *S3_SECRETS)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PREFIX = f"{PROJECT}:"
@@ -23,7 +26,7 @@ def as_config_string(value: Any) -> str:
 
 
 def refuse_plaintext_passwords(plaintext_keys: set[str]) -> None:
-    for spec in USER_SECRETS:
+    for spec in _SECRET_KEYS:
         if spec.config_key in plaintext_keys:
             raise ConfigError(
                 f"config key '{PREFIX}{spec.config_key}' holds a plaintext value; allowed: a secret, set with "
@@ -33,7 +36,7 @@ def refuse_plaintext_passwords(plaintext_keys: set[str]) -> None:
 
 def drop_unset_secrets(raw: dict[str, str]) -> dict[str, str]:
     """Pulumi.yaml declares each password key with an empty default, meaning "generate one"."""
-    return {k: v for k, v in raw.items() if not (v == "" and k in {s.config_key for s in USER_SECRETS})}
+    return {k: v for k, v in raw.items() if not (v == "" and k in {s.config_key for s in _SECRET_KEYS})}
 
 
 def stack_file(stack: str, project_dir: Path = PROJECT_DIR) -> Path:

@@ -1,0 +1,137 @@
+"""Continuous WAL archiving and point-in-time recovery with pgBackRest (docs/recovery.md): the settings,
+the pgBackRest configuration they render, and the db-pitr container that schedules base backups and
+restore drills. Pure: no Pulumi here."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+PITR_SOURCE = Path(__file__).resolve().parent.parent / "pitr"  # Dockerfile and scripts of the pitr image
+PITR_TARGET = "/pitr"
+REPO_DIR = "/var/lib/pgbackrest"  # the local repository (repo1), a volume of its own
+SOCKET_DIR = "/var/run/postgresql"  # shared by the server and db-pitr: pgBackRest talks to Postgres by socket
+STATUS_DIR = f"{REPO_DIR}/status"  # last backup, last drill: read by ops, the admin UI and /metrics
+CONF_PATH = "/etc/pgbackrest/pgbackrest.conf"
+STANZA = "main"
+OFFHOST_KINDS = ("none", "s3")
+SCRATCH_PORT = 5499  # the drill's scratch server inside db-pitr (its own socket, no network)
+# Files of pitr/ that run inside the containers (the Dockerfile is only built).
+SCRIPTS = ("pgbackrest.sh", "pitr.sh", "mark.sql", "checksums.sql")
+
+_ENDPOINT = re.compile(r"(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)(?::(?P<port>[0-9]{1,5}))?")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_REGION = re.compile(r"[a-z0-9-]{1,32}")
+
+
+@dataclass(frozen=True)
+class S3Repo:
+    host: str
+    port: int
+    bucket: str
+    region: str
+    verify_tls: bool
+    retention_days: int
+
+
+@dataclass(frozen=True)
+class PitrSettings:
+    archive_timeout_s: int  # a WAL segment is closed and archived at least this often (the RPO bound)
+    full_interval_h: int
+    diff_interval_h: int
+    drill_interval_h: int
+    local_retention_days: int
+    s3: S3Repo | None  # the off-host repository (repo2), encrypted with the stack's pitr cipher key
+    superuser: str
+    image: str  # the stack's Postgres image with pgBackRest (built from pitr/Dockerfile)
+
+    @property
+    def repos(self) -> tuple[int, ...]:
+        return (1, 2) if self.s3 else (1,)
+
+
+def parse_endpoint(value: str) -> tuple[str, int]:
+    """host[:port] of an S3 endpoint (HTTPS); raises ValueError for anything else."""
+    m = _ENDPOINT.fullmatch(value)
+    if not m:
+        raise ValueError(value)
+    port = int(m["port"] or 443)
+    if not 1 <= port <= 65535:
+        raise ValueError(value)
+    return m["host"], port
+
+
+def valid_bucket(value: str) -> bool:
+    return _BUCKET.fullmatch(value) is not None and ".." not in value
+
+
+def valid_region(value: str) -> bool:
+    return _REGION.fullmatch(value) is not None
+
+
+def pitr_image(postgres_image: str, project: str) -> str:
+    """A deterministic local name: the Postgres image's tag plus pgBackRest (rebuilt when it changes)."""
+    tag = postgres_image.rsplit("/", 1)[-1].replace(":", "-").replace("@", "-")[:100]
+    return f"{project}-postgres-pgbackrest:{tag}"
+
+
+def server_options(p: PitrSettings) -> tuple[str, ...]:
+    """`postgres -c` options that turn archiving on: every WAL segment goes to every repository (pgBackRest's
+    archive-push), a segment is closed at least every archive_timeout seconds."""
+    return (
+        "-c", "wal_level=replica",
+        "-c", "archive_mode=on",
+        "-c", f"archive_command={PITR_TARGET}/pgbackrest.sh --stanza={STANZA} archive-push %p",
+        "-c", f"archive_timeout={p.archive_timeout_s}",
+    )
+
+
+def pgbackrest_conf(p: PitrSettings, repo_path_offhost: str) -> str:
+    """The whole pgBackRest configuration, without secrets (the cipher key and S3 keys come from secret files
+    through pitr/pgbackrest.sh). Retention is by age (time-based full retention; WAL follows its backups)."""
+    lines = [
+        "# Generated from the stack settings (model/pitr.py); secrets come from files, never from here.",
+        "[global]",
+        f"repo1-path={REPO_DIR}",
+        "repo1-retention-full-type=time",
+        f"repo1-retention-full={p.local_retention_days}",
+        "repo1-bundle=y",
+        "repo1-block=y",
+    ]
+    if p.s3:
+        s3 = p.s3
+        lines += [
+            "repo2-type=s3",
+            f"repo2-path={repo_path_offhost}",
+            f"repo2-s3-bucket={s3.bucket}",
+            f"repo2-s3-endpoint={s3.host}",
+            f"repo2-storage-port={s3.port}",
+            f"repo2-s3-region={s3.region}",
+            "repo2-s3-uri-style=path",
+            f"repo2-storage-verify-tls={'y' if s3.verify_tls else 'n'}",
+            "repo2-cipher-type=aes-256-cbc",
+            "repo2-retention-full-type=time",
+            f"repo2-retention-full={s3.retention_days}",
+            "repo2-bundle=y",
+            "repo2-block=y",
+        ]
+    lines += [
+        f"cmd={PITR_TARGET}/pgbackrest.sh",  # what restore_command runs: the wrapper that reads the secrets
+        "compress-type=zst",
+        "start-fast=y",
+        "process-max=2",
+        "archive-timeout=120",
+        "log-level-console=info",
+        "log-level-stderr=off",
+        "log-level-file=off",
+        "lock-path=/tmp/pgbackrest",
+        "",
+        f"[{STANZA}]",
+        "pg1-path=/var/lib/postgresql/data",
+        f"pg1-socket-path={SOCKET_DIR}",
+        "pg1-port=5432",
+        f"pg1-user={p.superuser}",
+        "",
+    ]
+    return "\n".join(lines)
