@@ -82,7 +82,7 @@ def server_options(p: PitrSettings) -> tuple[str, ...]:
     return (
         "-c", "wal_level=replica",
         "-c", "archive_mode=on",
-        "-c", f"archive_command={PITR_TARGET}/pgbackrest.sh --stanza={STANZA} archive-push %p",
+        "-c", f"archive_command=sh {PITR_TARGET}/pgbackrest.sh --stanza={STANZA} archive-push %p",
         "-c", f"archive_timeout={p.archive_timeout_s}",
     )
 
@@ -117,7 +117,7 @@ def pgbackrest_conf(p: PitrSettings, repo_path_offhost: str) -> str:
             "repo2-block=y",
         ]
     lines += [
-        f"cmd={PITR_TARGET}/pgbackrest.sh",  # what restore_command runs: the wrapper that reads the secrets
+        f"cmd=sh {PITR_TARGET}/pgbackrest.sh",  # what restore_command runs: the wrapper that reads the secrets
         "compress-type=zst",
         "start-fast=y",
         "process-max=2",

@@ -15,4 +15,7 @@ case " ${PITR_REPOS:-1} " in
     fi
     ;;
 esac
-exec pgbackrest --config="${PITR_CONF:-/etc/pgbackrest/pgbackrest.conf}" "$@"
+# As an environment option: restore_command, which pgBackRest writes itself, already names --config.
+PGBACKREST_CONFIG="${PITR_CONF:-/etc/pgbackrest/pgbackrest.conf}"
+export PGBACKREST_CONFIG
+exec pgbackrest "$@"

@@ -22,7 +22,7 @@ marks="$PITR_MARKS_DIR"
 repos="${PITR_REPOS:-1}"
 scratch="${PITR_SCRATCH_DIR:-/var/lib/pitr-scratch}/data"
 scratch_port="${PITR_SCRATCH_PORT:-5499}"
-pgbr="$here/pgbackrest.sh"
+pgbr() { sh "$here/pgbackrest.sh" "$@"; }
 umask 022
 
 log() { printf '%s pitr: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
@@ -45,7 +45,7 @@ field() { sed -n "s/^$1=//p" "$2" 2>/dev/null | head -n 1; }
 sql() { psql -X -A -t -q -v ON_ERROR_STOP=1 -h "$PITR_SOCKET_DIR" "$@"; }
 
 newest_label() {  # $1 repo: label of its newest backup, empty when none
-  "$pgbr" --stanza=main --repo="$1" info --output=json 2>/dev/null \
+  pgbr --stanza=main --repo="$1" info --output=json 2>/dev/null \
     | tr ',' '\n' | sed -n 's/.*"label":"\([^"]*\)".*/\1/p' | tail -n 1
 }
 
@@ -55,8 +55,8 @@ stanza() {
     i=$((i + 1)); [ "$i" -lt 120 ] || die "the server did not accept connections within 120 s"
     sleep 1
   done
-  "$pgbr" --stanza=main stanza-create >/dev/null
-  "$pgbr" --stanza=main check >/dev/null
+  pgbr --stanza=main stanza-create >/dev/null
+  pgbr --stanza=main check >/dev/null
 }
 
 mark() {  # $1 repo, $2 label: the counts at a restore point named after the backup
@@ -74,7 +74,7 @@ backup() {  # $1 type
   rc=0
   for repo in $repos; do
     started=$(now)
-    if "$pgbr" --stanza=main --repo="$repo" --type="$type" backup >&2 && label=$(newest_label "$repo") \
+    if pgbr --stanza=main --repo="$repo" --type="$type" backup >&2 && label=$(newest_label "$repo") \
         && [ -n "$label" ] && mark "$repo" "$label"; then
       write_status "backup-repo$repo" result=ok "label=$label" "type=$type" "time=$(now)" \
         "seconds=$(( $(now) - started ))"
@@ -92,7 +92,7 @@ backup() {  # $1 type
   for m in "$marks"/repo*-*.tsv; do
     [ -e "$m" ] || continue
     base=$(basename "$m" .tsv); repo=${base%%-*}; repo=${repo#repo}; label=${base#repo*-}
-    "$pgbr" --stanza=main --repo="$repo" --set="$label" info >/dev/null 2>&1 || rm -f "$m"
+    pgbr --stanza=main --repo="$repo" --set="$label" info >/dev/null 2>&1 || rm -f "$m"
   done
   return "$rc"
 }
@@ -131,7 +131,7 @@ drill_one() {  # restore, start, compare; the last line says ok or what went wro
   repo="$1"; label="$2"
   scratch_stop
   mkdir -p "$scratch"; chmod 700 "$scratch"
-  "$pgbr" --stanza=main --repo="$repo" --set="$label" --pg1-path="$scratch" --type=name \
+  pgbr --stanza=main --repo="$repo" --set="$label" --pg1-path="$scratch" --type=name \
     --target="mark-repo$repo-$label" --target-action=promote --archive-mode=off restore >&2 \
     || { echo "restore of $label failed"; return 1; }
   sock=$(mktemp -d)

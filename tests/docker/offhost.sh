@@ -1,0 +1,77 @@
+#!/bin/bash
+# offhost.sh - a second machine for the off-host backup tests: a network namespace with its own address,
+# reachable from the host and from containers (routed through the host), running an S3-compatible object
+# store: moto's server on the namespace's loopback, behind HAProxy terminating HTTPS with a self-signed
+# certificate made here (as object stores sit behind a TLS load balancer; Werkzeug's own TLS ends
+# connections without close_notify, which OpenSSL 3 clients such as pgBackRest refuse). Run as root.
+#
+#   offhost.sh up      create the namespace and start the store; prints: endpoint=IP:PORT ca=FILE
+#   offhost.sh cut     the machine is gone from the network (its link goes down); `heal` brings it back
+#   offhost.sh heal
+#   offhost.sh down    stop the store, remove the namespace, the veth and the state directory
+# State: /run/sa-offhost (pid, log, certificate). The store keeps objects in memory: `down` loses them.
+set -euo pipefail
+NS=sa-offhost HOSTIF=sa-off0 NSIF=sa-off1 HOSTIP=10.231.50.1 IP=10.231.50.2 PORT=9443 RUN=/run/sa-offhost
+PY="${OFFHOST_PYTHON:-python3}"
+
+up() {
+  mkdir -p "$RUN"
+  if ! ip netns list | grep -qx "$NS\( .*\)\?"; then
+    ip netns add "$NS"
+    ip link add "$HOSTIF" type veth peer name "$NSIF"
+    ip link set "$NSIF" netns "$NS"
+    ip addr add "$HOSTIP/30" dev "$HOSTIF"
+    ip link set "$HOSTIF" up
+    ip netns exec "$NS" ip addr add "$IP/30" dev "$NSIF"
+    ip netns exec "$NS" ip link set "$NSIF" up
+    ip netns exec "$NS" ip link set lo up
+    ip netns exec "$NS" ip route add default via "$HOSTIP"
+  fi
+  if [ ! -s "$RUN/cert.pem" ]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=$IP" -addext "subjectAltName=IP:$IP" \
+      -keyout "$RUN/key.pem" -out "$RUN/cert.pem" 2>/dev/null
+  fi
+  if [ ! -s "$RUN/pid" ] || ! kill -0 "$(cat "$RUN/pid")" 2>/dev/null; then
+    ip netns exec "$NS" "$PY" -m moto.server -H 127.0.0.1 -p 9000 >"$RUN/log" 2>&1 &
+    echo $! > "$RUN/pid"
+    cat "$RUN/cert.pem" "$RUN/key.pem" > "$RUN/haproxy.pem"
+    cat > "$RUN/haproxy.cfg" <<CFG
+global
+    maxconn 256
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 120s
+    timeout server 120s
+frontend s3
+    bind $IP:$PORT ssl crt $RUN/haproxy.pem
+    default_backend moto
+backend moto
+    server moto 127.0.0.1:9000
+CFG
+    ip netns exec "$NS" haproxy -D -p "$RUN/haproxy.pid" -f "$RUN/haproxy.cfg"
+    for _ in $(seq 1 100); do
+      if curl -sk -o /dev/null "https://$IP:$PORT/"; then break; fi
+      sleep 0.1
+    done
+    curl -sk -o /dev/null "https://$IP:$PORT/" || { tail -n 5 "$RUN/log" >&2; echo "offhost: store did not start" >&2; exit 1; }
+  fi
+  echo "endpoint=$IP:$PORT ca=$RUN/cert.pem"
+}
+
+down() {
+  for f in "$RUN/pid" "$RUN/haproxy.pid"; do
+    if [ -s "$f" ]; then kill "$(cat "$f")" 2>/dev/null || true; fi
+  done
+  ip link del "$HOSTIF" 2>/dev/null || true
+  ip netns del "$NS" 2>/dev/null || true
+  rm -rf "$RUN"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  cut) ip link set "$HOSTIF" down ;;
+  heal) ip link set "$HOSTIF" up ;;
+  *) echo "usage: offhost.sh up|cut|heal|down" >&2; exit 2 ;;
+esac
