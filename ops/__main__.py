@@ -4,6 +4,9 @@
     python -m ops backup  --stack STACK
     python -m ops backups --stack STACK
     python -m ops restore --stack STACK ID [--yes]
+    python -m ops restore --stack STACK --to-time TIME | --to-latest | --set LABEL [--repo N] [--scratch PORT] [--yes]
+    python -m ops basebackup --stack STACK [--type full|diff|incr]
+    python -m ops drill   --stack STACK [--repo N]
     python -m ops upgrade --stack STACK --to-image IMAGE | --roll-back
     python -m ops doctor  --stack STACK
 
@@ -35,6 +38,7 @@ from model.settings import (
     is_image_ref,
 )
 from model.stack_yaml import PROJECT_DIR, settings_from_file
+from ops import pitr
 from ops.doctor import MIN_FREE_GB, WARN_FREE_GB, Doctor, report
 from ops.engine import Engine, OpsError, Progress
 from ops.migrate import SUPERUSER_RECORD, Source, data_major, generate_password, migrate, volume_labels
@@ -327,6 +331,8 @@ def backups(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
           f"{status.get('last_attempt') or 'none'} ({status.get('last_result') or '-'})")
     if status.get("last_result") == "failed":
         print(f"last failure: {status.get('last_detail', '')}")
+    if s.pitr:
+        print("\n".join(pitr.status_lines(s, engine)))
     return 0
 
 
@@ -350,6 +356,21 @@ def _confirm(s: StackSettings, args: argparse.Namespace, what: str) -> None:
 
 
 def restore(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
+    if args.drop_scratch:
+        pitr.require_pitr(s)
+        return pitr.drop_scratch(s, engine)
+    if args.from_safety_copy:
+        _confirm(s, args, f"put the safety copy {args.from_safety_copy} back into {s.volume_name}")
+        return pitr.put_back(s, engine, args.from_safety_copy, lambda c: _stop(s, c), lambda c: _start_again(s, c))
+    if args.id is None:
+        pitr.require_pitr(s)
+        target = pitr.target_of(args.to_time, args.to_latest, args.set, args.repo)
+        if args.scratch:
+            return pitr.restore_scratch(s, engine, target, args.scratch)
+        _confirm(s, args, f"restore replaces the whole database cluster with {target.text}")
+        return pitr.restore_live(s, engine, target, lambda c: _stop(s, c), lambda c: _start_again(s, c))
+    if args.to_time or args.to_latest or args.set or args.scratch:
+        raise OpsError("restore: give a logical backup ID or one of --to-time, --to-latest, --set, not both")
     if not _BACKUP_ID.fullmatch(args.id) or not args.id.startswith(f"{s.db_name}-"):
         raise OpsError(f"backup ID {args.id!r}: expected {s.db_name}-YYYYmmddTHHMMSSZ (see `backups`)")
     entry = next((e for e in _listing(s, engine)[0] if e.id == args.id), None)
@@ -380,6 +401,14 @@ def restore(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
     return 0
 
 
+def base_backup(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
+    return pitr.base_backup(s, engine, args.type)
+
+
+def drill(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
+    return pitr.drill(s, engine, args.repo)
+
+
 def _last_line(out: str, code: int) -> str:
     lines = [line for line in out.strip().splitlines() if line.strip()]
     if not lines:
@@ -404,8 +433,24 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("restore", help="replace the database's contents with a backup: verified first, a safety "
                                        "copy taken, one transaction that changes nothing on any failure")
     p.add_argument("--stack", required=True)
-    p.add_argument("id", help="a backup ID from `backups`")
+    p.add_argument("id", nargs="?", help="a logical backup ID from `backups`")
+    p.add_argument("--to-time", help="pitr: the state at this time, with its offset, e.g. '2026-12-01 10:32:05+00'")
+    p.add_argument("--to-latest", action="store_true", help="pitr: everything archived (the end of the WAL)")
+    p.add_argument("--set", help="pitr: a base backup, by its label (see `backups`), as it was when it ended")
+    p.add_argument("--repo", type=int, choices=(1, 2), help="pitr: 1 (local) or 2 (off-host); default: the newest")
+    p.add_argument("--scratch", type=int, metavar="PORT",
+                   help="pitr: into a scratch server on 127.0.0.1:PORT; the live stack is not touched")
+    p.add_argument("--drop-scratch", action="store_true", help="pitr: remove the scratch server and its volume")
+    p.add_argument("--from-safety-copy", metavar="VOLUME",
+                   help="pitr: put a restore's safety copy back into the data volume (when its undo failed)")
     p.add_argument("--yes", action="store_true", help="confirm without a terminal (needed where protectData is true)")
+    p = sub.add_parser("basebackup", help="pitr: a base backup now, into every repository")
+    p.add_argument("--stack", required=True)
+    p.add_argument("--type", default="full", choices=("full", "diff", "incr"))
+    p = sub.add_parser("drill", help="pitr: a restore drill now (scratch server, rows and checksums against the "
+                                     "mark); exit 1 when it fails")
+    p.add_argument("--stack", required=True)
+    p.add_argument("--repo", type=int, default=1, choices=(1, 2))
     p = sub.add_parser("upgrade", help="move the stack's data to a later PostgreSQL major (downtime; keeps "
                                        "the old data as the rollback)")
     p.add_argument("--stack", required=True)
@@ -436,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
             return code
         engine = Engine()
         command = {"adopt": adopt, "backup": backup, "backups": backups, "restore": restore,
-                   "upgrade": upgrade}[args.command]
+                   "upgrade": upgrade,
+                   "basebackup": base_backup, "drill": drill}[args.command]
         if args.command in EXCLUSIVE:
             # Nothing else may start a server on a volume this command is emptying or filling.
             with engine.stack_lock(s.ops_lock, s.stack, args.command, s.postgres_image):

@@ -81,13 +81,19 @@ class Engine:
     # -- helper containers ---------------------------------------------------------------------------
 
     def run(self, image: str, command: list[str], mounts: Mapping[str, tuple[str, str]], user: str = "0",
-            caps: tuple[str, ...] = ()) -> str:
-        """Run a short-lived container to completion; its output, or OpsError with its last lines."""
+            caps: tuple[str, ...] = (), files: Mapping[str, tuple[str, int, int]] | None = None,
+            network: str | None = None) -> str:
+        """Run a short-lived container to completion; its output, or OpsError with its last lines. `files` are
+        put in before it starts (secrets never pass through a command line or an environment); `network` for a
+        helper that must reach beyond the host (an off-host repository)."""
         container = self.client.containers.create(
-            image, command=command, entrypoint=[], user=user, network_mode="none",
+            image, command=command, entrypoint=[], user=user, network_mode=network or "none",
             volumes={vol: {"bind": path, "mode": mode} for vol, (path, mode) in mounts.items()},
+            tmpfs={"/tmp": "rw,nosuid,nodev,size=16m"},  # noqa: S108 (the helper's own tmpfs)
             cap_drop=["ALL"], cap_add=list(caps) or None, labels={"stock-analyzer.ops": "helper"})
         try:
+            if files:
+                container.put_archive("/", tar_of(files))
             container.start()
             code = self._wait(container, command[0])
             out = container.logs(stdout=True, stderr=True).decode(errors="replace")
@@ -108,6 +114,9 @@ class Engine:
             except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
                 print(f"    ... {what} still running after {time.monotonic() - started:.0f} s", file=sys.stderr,
                       flush=True)
+
+    def wait_exit(self, container: Container) -> int:
+        return self._wait(container, str(container.name))
 
     def volume_is_empty(self, image: str, name: str) -> bool:
         return self.run(image, ["sh", "-c", "ls -A /v | head -n 1"], {name: ("/v", "ro")},
@@ -178,6 +187,19 @@ class Engine:
             stop_signal="SIGINT")
         if files:
             container.put_archive("/", tar_of(files))
+        container.start()
+        return container
+
+    def scratch_server(self, name: str, image: str, volume: str, port: int, env: Mapping[str, str],
+                       files: Mapping[str, tuple[str, int, int]]) -> Container:
+        """A server on a restored data directory, published on loopback only, archiving nothing."""
+        container = self.client.containers.create(
+            image, command=["postgres", "-c", "archive_mode=off"], name=name, user="999:999",
+            volumes={volume: {"bind": "/var/lib/postgresql/data", "mode": "rw"}},
+            ports={"5432/tcp": ("127.0.0.1", port)}, labels={"stock-analyzer.ops": "pitr-scratch"},
+            tmpfs={"/var/run/postgresql": "rw,nosuid,nodev,size=1m,uid=999,gid=999,mode=0775"},
+            stop_signal="SIGINT", environment=dict(env))
+        container.put_archive("/", tar_of(files))
         container.start()
         return container
 

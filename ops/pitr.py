@@ -1,0 +1,335 @@
+"""Point-in-time recovery from the operations CLI (docs/recovery.md): a base backup now, a drill now, the
+PITR lines of `backups`, and restores to a time, to the end of the archived WAL or to a named base backup:
+into the live stack (a proven safety copy first, put back on any failure) or into a scratch server for a
+look first. pgBackRest does the work; this module orders the steps and checks each."""
+
+from __future__ import annotations
+
+import io
+import re
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import docker.errors
+from docker.models.containers import Container
+
+from model import pitr as pitr_model
+from model.settings import PGDATA, POSTGRES_UID, VOL_DATA, VOL_PITR_REPO, StackSettings, pitr_files
+from ops.engine import Engine, OpsError, Progress
+
+PITR_SCRIPT = f"{pitr_model.PITR_TARGET}/pitr.sh"
+# What pgBackRest's --target takes for --type=time: a timestamp with an explicit offset (never the server's
+# local time zone guessed).
+_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?"
+                   r"(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)")
+_LABEL = re.compile(r"[0-9]{8}-[0-9]{6}F(?:_[0-9]{8}-[0-9]{6}[DI])?")
+SAFETY_LABEL = "stock-analyzer.pitr-safety-copy-of"
+RECOVERY_TIMEOUT_S = 1800  # replaying a long stretch of WAL takes what it takes, within reason
+
+
+@dataclass(frozen=True)
+class Target:
+    options: tuple[str, ...]  # pgBackRest restore options
+    text: str  # for people
+
+
+def target_of(to_time: str | None, to_latest: bool, backup_set: str | None, repo: int | None) -> Target:
+    chosen = [x for x in (to_time, to_latest, backup_set) if x]
+    if len(chosen) != 1:
+        raise OpsError("restore: give one of ID (a logical backup), --to-time, --to-latest or --set")
+    repo_opt = (f"--repo={repo}",) if repo else ()
+    where = f" from repo{repo}" if repo else ""
+    if to_time:
+        if not _TIME.fullmatch(to_time):
+            raise OpsError(f"--to-time {to_time!r}: a time with its offset, e.g. '2026-12-01 10:32:05+00'")
+        return Target(("--type=time", f"--target={to_time}", "--target-action=promote", *repo_opt),
+                      f"the state at {to_time}{where}")
+    if backup_set:
+        if not _LABEL.fullmatch(backup_set):
+            raise OpsError(f"--set {backup_set!r}: a base backup label such as 20261201-103000F (see `backups`)")
+        return Target((f"--set={backup_set}", "--type=immediate", "--target-action=promote", *repo_opt),
+                      f"base backup {backup_set}{where}")
+    return Target(("--type=default", *repo_opt), f"the newest archived WAL{where}")
+
+
+def require_pitr(s: StackSettings) -> pitr_model.PitrSettings:
+    if s.pitr is None:
+        raise OpsError(f"stack {s.stack} has no point-in-time recovery (stock-analyzer:pitr is false in "
+                       f"Pulumi.{s.stack}.yaml; docs/recovery.md)")
+    return s.pitr
+
+
+def _runner(s: StackSettings, engine: Engine) -> Container:
+    assert s.pitr_runner is not None
+    c = engine.container(s.pitr_runner.container_name)
+    if c is None or c.status != "running":
+        raise OpsError(f"{s.pitr_runner.container_name} is not running: start the stack first")
+    return c
+
+
+def base_backup(s: StackSettings, engine: Engine, kind: str) -> int:
+    require_pitr(s)
+    progress = Progress(1)
+    with progress.step(f"{kind} base backup into every repository, then a mark (row counts at a restore point)"):
+        code, out = engine.sh(_runner(s, engine), f"sh {PITR_SCRIPT} backup {kind}", user="", check=False,
+                              stdout_only=True)
+    labels = [line for line in out.splitlines() if line.startswith("repo")]
+    if code != 0:
+        raise OpsError(f"base backup failed for at least one repository ({', '.join(labels) or 'none made'} "
+                       "succeeded); see `docker logs` of db-pitr")
+    print("\n".join(labels))
+    return 0
+
+
+def drill(s: StackSettings, engine: Engine, repo: int) -> int:
+    p = require_pitr(s)
+    if repo not in p.repos:
+        raise OpsError(f"--repo {repo}: stack {s.stack} has repositories {', '.join(map(str, p.repos))}")
+    progress = Progress(1)
+    with progress.step(f"restore the newest backup of repo{repo} into a scratch server, compare every table "
+                       "with its mark, remove the scratch"):
+        code, _ = engine.sh(_runner(s, engine), f"sh {PITR_SCRIPT} drill {repo}", user="", check=False)
+    status = status_of(s, engine)
+    line = (f"drill of repo{repo} {status.get('drill.label', '?')}: {status.get('drill.result', '?')} in "
+            f"{status.get('drill.seconds', '?')} s ({status.get('drill.detail', '')})")
+    if code != 0:
+        raise OpsError(line)
+    print(line)
+    return 0
+
+
+def status_of(s: StackSettings, engine: Engine) -> dict[str, str]:
+    _, out = engine.sh(_runner(s, engine), f"sh {PITR_SCRIPT} status", user="", check=False, stdout_only=True)
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def _when(epoch: str | None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(epoch))) if epoch and epoch.isdigit() else "never"
+
+
+def status_lines(s: StackSettings, engine: Engine) -> list[str]:
+    """What `backups` adds with pitr: per repository the newest base backup, the WAL queue, the last drill."""
+    p = require_pitr(s)
+    st = status_of(s, engine)
+    lines = []
+    for repo in p.repos:
+        k = f"backup-repo{repo}"
+        lines.append(f"base backup repo{repo} ({'local' if repo == 1 else 'off-host, encrypted'}): "
+                     f"{st.get(k + '.label') or 'none yet'} ({st.get(k + '.type', '-')}, "
+                     f"{st.get(k + '.result', '-')}, {_when(st.get(k + '.time'))})")
+    lines.append(f"WAL archive: {st.get('archive.ready', '?')} segment(s) waiting, lag "
+                 f"{st.get('archive.lag_seconds', '?')} s, last archived {_when(st.get('archive.last_archived'))}, "
+                 f"{st.get('archive.failed_count', '?')} failure(s) counted (pg_stat_archiver)")
+    lines.append(f"last drill: {st.get('drill.result', 'none yet')} ({st.get('drill.label', '-')}, "
+                 f"{_when(st.get('drill.time'))}; {st.get('drill.detail', '')})")
+    return lines
+
+
+# -- restore -------------------------------------------------------------------------------------------
+
+
+def _secret_files(pg: Container, s: StackSettings) -> dict[str, tuple[str, int, int]]:
+    """The repository secrets as the server has them (archive API: never on a stdout or in a log)."""
+    files = {}
+    for m in s.postgres.secrets:
+        if m.secret.name.startswith("pitr_"):
+            stream, _ = pg.get_archive(m.secret.path)
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                member = tar.next()
+                data = tar.extractfile(member) if member is not None else None
+                if data is None:
+                    raise OpsError(f"{pg.name} has no {m.secret.path}")
+                files[m.secret.path] = (data.read().decode(), POSTGRES_UID, 0o400)
+    return files
+
+
+def _files(s: StackSettings, pg: Container) -> dict[str, tuple[str, int, int]]:
+    p = require_pitr(s)
+    return {**{path: (text, POSTGRES_UID, 0o444) for path, text in pitr_files(p)}, **_secret_files(pg, s)}
+
+
+def _pgbackrest_restore(s: StackSettings, engine: Engine, pg: Container, volume: str, target: Target,
+                        delta: bool) -> None:
+    p = require_pitr(s)
+    env = f"PITR_REPOS={' '.join(map(str, p.repos))}"
+    command = ["env", env, "sh", f"{pitr_model.PITR_TARGET}/pgbackrest.sh", "--stanza=main", f"--pg1-path={PGDATA}",
+               *(["--delta"] if delta else []), *target.options, "restore"]
+    engine.run(p.image, command, {volume: (PGDATA, "rw"), s.volumes[VOL_PITR_REPO]: (pitr_model.REPO_DIR, "rw")},
+               user=f"{POSTGRES_UID}:{POSTGRES_UID}", files=_files(s, pg), network=s.networks["backend"])
+
+
+def _psql(c: Container, s: StackSettings, query: str) -> tuple[int, str]:
+    code, out = c.exec_run(["psql", "-X", "-A", "-t", "-q", "-h", pitr_model.SOCKET_DIR, "-U", s.db_superuser,
+                            "-d", s.db_name, "-c", query], user="postgres", demux=True)
+    return int(code or 0), (out[0] or b"").decode().strip() if isinstance(out, tuple) else ""
+
+
+def wait_promoted(c: Container, s: StackSettings, timeout_s: float = RECOVERY_TIMEOUT_S,
+                  psql: Callable[[Container, StackSettings, str], tuple[int, str]] = _psql) -> str:
+    """Until recovery has reached its target and the server accepts writes; returns the last replayed commit
+    time (the time actually reached), or raises with the server's last log lines."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        c.reload()
+        if c.status != "running":
+            logs = c.logs(tail=5).decode(errors="replace")
+            raise OpsError(f"the server stopped during recovery: {' | '.join(logs.strip().splitlines()[-3:])}")
+        code, out = psql(c, s, "SELECT pg_is_in_recovery()")
+        if code == 0 and out == "f":
+            _, reached = psql(c, s, "SELECT coalesce('last commit replayed ' || pg_last_xact_replay_timestamp(), "
+                                    "'the end of the base backup (no later commit replayed)') || ', timeline ' "
+                                    "|| (SELECT timeline_id FROM pg_control_checkpoint())")
+            return reached
+        time.sleep(0.5)
+    raise OpsError(f"recovery did not finish within {timeout_s:.0f} s")
+
+
+def restore_live(s: StackSettings, engine: Engine, target: Target, stop: Callable[[list[Container]], None],
+                 start_again: Callable[[list[Container]], None]) -> int:
+    """Safety copy (proven identical), pgBackRest restore into the data volume, recovery, provisioning; on any
+    failure the safety copy goes back, proven identical, and the stack starts as it was."""
+    p = require_pitr(s)
+    data = s.volumes[VOL_DATA]
+    pg = engine.container(s.postgres.container_name)
+    if pg is None:
+        raise OpsError(f"{s.postgres.container_name} does not exist: run `up` once first; nothing done")
+    free, used = engine.space(p.image, data)
+    if free < 2 * used:
+        raise OpsError(f"{free / 2**20:.0f} MiB free on the engine's volume disk; a restore needs about "
+                       f"{2 * used / 2**20:.0f} MiB (the safety copy and the restored data); nothing changed")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    safety = f"{data}_pre-pitr-{stamp}"
+    progress = Progress(6)
+    running = [c for c in engine.stack_containers(s.stack) if c.status == "running"]
+    progress.say(f"restoring {data} to {target.text}; stopping {len(running)} container(s) (downtime starts)")
+    started = time.monotonic()
+    original: str | None = None
+    try:
+        with progress.step("stop the stack's containers"):
+            stop(running)
+        with progress.step(f"keep the current data as {safety} (the safety copy), proven identical"):
+            original = engine.tree_digest(p.image, data)
+            engine.create_volume(safety, {SAFETY_LABEL: data, "stock-analyzer.stack": s.stack})
+            engine.copy_volume(p.image, data, safety)
+            if engine.tree_digest(p.image, safety) != original:
+                raise OpsError(f"the copy {safety} differs from {data}")
+        with progress.step(f"pgBackRest restore of {target.text} into {data} (delta: only what differs)"):
+            _pgbackrest_restore(s, engine, pg, data, target, delta=True)
+        with progress.step("start the server; replay WAL up to the target, then promote"):
+            pg.start()
+            reached = wait_promoted(pg, s)
+        with progress.step("run the provisioning job (roles, grants and passwords of today's stack)"):
+            _provision(s, engine)
+        with progress.step("start the rest of the stack"):
+            start_again([c for c in running if c.name != pg.name])
+    except BaseException as err:
+        raise OpsError(_undo(s, engine, progress, pg, running, safety, original, err, start_again)) from None
+    print(f"restored {data} to {target.text} in {time.monotonic() - started:.1f} s; reached: {reached}. The data it replaced is volume {safety}; once satisfied, remove it with "
+          f"docker volume rm {safety}. Take a base backup now: python -m ops basebackup --stack {s.stack}")
+    return 0
+
+
+def _provision(s: StackSettings, engine: Engine) -> None:
+    job = engine.container(s.provision.container_name)
+    if job is None:
+        raise OpsError(f"{s.provision.container_name} does not exist")
+    job.start()
+    code = engine.wait_exit(job)
+    if code != 0:
+        raise OpsError(f"the provisioning job exited with {code}: see docker logs {job.name}")
+
+
+def _undo(s: StackSettings, engine: Engine, progress: Progress, pg: Container, stopped: list[Container],
+          safety: str, original: str | None, err: BaseException,
+          start_again: Callable[[list[Container]], None]) -> str:
+    p = require_pitr(s)
+    data = s.volumes[VOL_DATA]
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    try:
+        pg.reload()
+        if pg.status == "running":
+            pg.stop(timeout=60)
+        if original is None or engine.tree_digest(p.image, data) == original:
+            engine.remove_volume(safety)
+            start_again(stopped)
+            return f"restore failed ({reason}); {data} was not changed and the stack is started again"
+        progress.say(f"restore failed ({reason}): putting the safety copy {safety} back into {data}")
+        engine.empty_volume(p.image, data)
+        engine.copy_volume(p.image, safety, data)
+        if engine.tree_digest(p.image, data) != original:
+            raise OpsError(f"the copy back into {data} differs from {safety}")
+        start_again(stopped)
+    except (OpsError, docker.errors.DockerException, OSError) as undo:
+        return (f"restore failed ({reason}) and the data could not be put back ({undo}): the data as it was is "
+                f"in volume {safety}; put it back with: python -m ops restore --stack {s.stack} "
+                f"--from-safety-copy {safety}")
+    return (f"restore failed ({reason}); {data} holds the data as it was, identical to before ({safety} is kept), "
+            "and the stack is started again")
+
+
+def put_back(s: StackSettings, engine: Engine, safety: str, stop: Callable[[list[Container]], None],
+             start_again: Callable[[list[Container]], None]) -> int:
+    """The recovery command of a restore whose undo failed: the safety copy into the data volume, proven."""
+    p = require_pitr(s)
+    data = s.volumes[VOL_DATA]
+    if safety not in engine.volumes_labelled(SAFETY_LABEL, data):
+        raise OpsError(f"{safety} is not a safety copy of {data} (volumes labelled {SAFETY_LABEL})")
+    running = [c for c in engine.stack_containers(s.stack) if c.status == "running"]
+    progress = Progress(3)
+    with progress.step("stop the stack's containers"):
+        stop(running)
+    wanted = engine.tree_digest(p.image, safety)
+    with progress.step(f"copy {safety} into {data}, proven identical"):
+        engine.empty_volume(p.image, data)
+        engine.copy_volume(p.image, safety, data)
+        if engine.tree_digest(p.image, data) != wanted:
+            raise OpsError(f"the copy in {data} differs from {safety}: run the same command again")
+    with progress.step("start the stack again"):
+        start_again([*running, *([c] if (c := engine.container(s.postgres.container_name)) and c not in running
+                                 else [])])
+    print(f"{data} holds the data of {safety} again ({safety} is kept)")
+    return 0
+
+
+def restore_scratch(s: StackSettings, engine: Engine, target: Target, port: int) -> int:
+    """Into a server of its own on 127.0.0.1:PORT, beside the live stack, which is not touched."""
+    p = require_pitr(s)
+    pg = engine.container(s.postgres.container_name)
+    if pg is None:
+        raise OpsError(f"{s.postgres.container_name} does not exist: run `up` once first; nothing done")
+    name, volume = scratch_names(s)
+    if engine.container(name) or engine.volume_exists(volume):
+        raise OpsError(f"a scratch server {name} exists already: remove it first with python -m ops restore "
+                       f"--stack {s.stack} --drop-scratch")
+    progress = Progress(2)
+    started = time.monotonic()
+    engine.create_volume(volume, {"stock-analyzer.stack": s.stack, "stock-analyzer.ops": "pitr-scratch"})
+    try:
+        with progress.step(f"pgBackRest restore of {target.text} into {volume}"):
+            _pgbackrest_restore(s, engine, pg, volume, target, delta=False)
+        with progress.step(f"start {name} on 127.0.0.1:{port}; replay WAL up to the target"):
+            c = engine.scratch_server(name, p.image, volume, port, env={"PITR_REPOS": " ".join(map(str, p.repos))},
+                                      files=_files(s, pg))
+            reached = wait_promoted(c, s)
+    except BaseException:
+        drop_scratch(s, engine, quiet=True)
+        raise
+    print(f"scratch server {name} holds {target.text} ({time.monotonic() - started:.1f} s); reached: {reached}. Look: docker exec -it {name} psql -h {pitr_model.SOCKET_DIR} -U {s.db_superuser} "
+          f"-d {s.db_name} (or psql -h 127.0.0.1 -p {port}, with the superuser password of that time). The live "
+          f"stack was not touched. Remove: python -m ops restore --stack {s.stack} --drop-scratch")
+    return 0
+
+
+def scratch_names(s: StackSettings) -> tuple[str, str]:
+    return f"{s.prefix}-pitr-scratch", f"{s.prefix}_pitr_inspect"
+
+
+def drop_scratch(s: StackSettings, engine: Engine, quiet: bool = False) -> int:
+    name, volume = scratch_names(s)
+    engine.remove_container(name)
+    engine.remove_volume(volume)
+    if not quiet:
+        print(f"removed {name} and its volume {volume}")
+    return 0
