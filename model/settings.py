@@ -648,7 +648,7 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         log_max_file=r.integer("logMaxFile", 1, 100),
         postgres=_postgres_spec(prefix, db, run, bindings, pitr),
         provision=_provision_spec(prefix, db),
-        apps=_app_specs(prefix, environment, db, run, bindings, admin_user),
+        apps=_app_specs(prefix, environment, db, run, bindings, admin_user, pitr is not None),
         backup=_backup_spec(prefix, db, run, backups),
         postgres_major=images.postgres_major,
         backup_interval_s=backups.interval_min * 60,
@@ -1023,7 +1023,7 @@ def _backup_spec(prefix: str, db: _Db, run: _Runtime, backups: _Backups) -> Cont
 
 
 def _app_specs(prefix: str, environment: str, db: _Db, run: _Runtime, bindings: dict[str, PortBinding],
-               admin_user: str) -> tuple[ContainerSpec, ...]:
+               admin_user: str, pitr: bool = False) -> tuple[ContainerSpec, ...]:
     env_common = (("ENVIRONMENT", environment),)
     db_env = (("DB_HOST", DB_ALIAS), ("DB_NAME", db.name), ("DB_PORT", str(POSTGRES_PORT)),
               ("DB_CREDENTIALS_FILE", APP_CREDENTIALS_FILE))
@@ -1035,7 +1035,8 @@ def _app_specs(prefix: str, environment: str, db: _Db, run: _Runtime, bindings: 
                   bindings["frontend"], run.memory["frontend"], run.restart, run.max_retries, (NET_FRONTEND,)),
         _app_spec(prefix, "admin", APP_PORTS["admin"],
                   (*env_common, *db_env, ("ADMIN_USER", admin_user), ("ADMIN_PASSWORD_FILE", SECRET_ADMIN.path),
-                   ("BACKUP_STATUS_FILE", f"{BACKUP_DIR}/status")),
+                   ("BACKUP_STATUS_FILE", f"{BACKUP_DIR}/status"),
+                   *((("PITR_STATUS_DIR", PITR_STATUS_DIR),) if pitr else ())),
                   (SecretMount(SECRET_ADMIN, APP_UID),),
                   bindings["admin"], run.memory["admin"], run.restart, run.max_retries, (NET_BACKEND,)),
     )

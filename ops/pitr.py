@@ -226,8 +226,9 @@ def restore_live(s: StackSettings, engine: Engine, target: Target, stop: Callabl
             start_again([c for c in running if c.name != pg.name])
     except BaseException as err:
         raise OpsError(_undo(s, engine, progress, pg, running, safety, original, err, start_again)) from None
-    print(f"restored {data} to {target.text} in {time.monotonic() - started:.1f} s; reached: {reached}. The data it replaced is volume {safety}; once satisfied, remove it with "
-          f"docker volume rm {safety}. Take a base backup now: python -m ops basebackup --stack {s.stack}")
+    print(f"restored {data} to {target.text} in {time.monotonic() - started:.1f} s; reached: {reached}. "
+          f"The data it replaced is volume {safety}; once satisfied, remove it with docker volume rm {safety}. "
+          f"Take a base backup now: python -m ops basebackup --stack {s.stack}")
     return 0
 
 
@@ -316,9 +317,10 @@ def restore_scratch(s: StackSettings, engine: Engine, target: Target, port: int)
     except BaseException:
         drop_scratch(s, engine, quiet=True)
         raise
-    print(f"scratch server {name} holds {target.text} ({time.monotonic() - started:.1f} s); reached: {reached}. Look: docker exec -it {name} psql -h {pitr_model.SOCKET_DIR} -U {s.db_superuser} "
-          f"-d {s.db_name} (or psql -h 127.0.0.1 -p {port}, with the superuser password of that time). The live "
-          f"stack was not touched. Remove: python -m ops restore --stack {s.stack} --drop-scratch")
+    print(f"scratch server {name} holds {target.text} ({time.monotonic() - started:.1f} s); reached: {reached}. "
+          f"Look: docker exec -it {name} psql -h {pitr_model.SOCKET_DIR} -U {s.db_superuser} -d {s.db_name} "
+          f"(or psql -h 127.0.0.1 -p {port}, with the superuser password of that time). The live stack was not "
+          f"touched. Remove: python -m ops restore --stack {s.stack} --drop-scratch")
     return 0
 
 

@@ -9,8 +9,10 @@ import os
 import signal
 import sys
 import urllib.request
+from pathlib import Path
 from typing import Any
 
+from stock_app import metrics
 from stock_app.config import DbConfig, read_secret
 from stock_app.store import PostgresStore
 from stock_app.web import MAX_BODY, WsgiApp, admin_app, api_app, frontend_app
@@ -35,8 +37,10 @@ def build(role: str) -> WsgiApp:
         return api_app(PostgresStore(DbConfig.from_env()))
     if role == "admin":
         status_file = os.environ.get("BACKUP_STATUS_FILE", "")
+        pitr_dir = os.environ.get("PITR_STATUS_DIR", "")
         return admin_app(PostgresStore(DbConfig.from_env()), os.environ.get("ADMIN_USER", "admin"),
-                         lambda: read_secret("ADMIN_PASSWORD"), lambda: last_good_backup(status_file))
+                         lambda: read_secret("ADMIN_PASSWORD"), lambda: backup_summary(status_file, pitr_dir),
+                         lambda: metrics.render(status_file, pitr_dir))
     api_url = os.environ.get("API_URL", "http://api:5000").rstrip("/")
 
     def fetch() -> list[dict[str, str]]:
@@ -62,6 +66,22 @@ def last_good_backup(status_file: str) -> str:
     if status.get("last_result") == "failed":
         good += f"; the last attempt at {status.get('last_attempt', '?')} FAILED"
     return good
+
+
+def backup_summary(status_file: str, pitr_dir: str) -> str:
+    """The logical backups' line, and with point-in-time recovery its base backups, archive and drill."""
+    text = last_good_backup(status_file)
+    if not pitr_dir:
+        return text
+    d = Path(pitr_dir)
+    parts = []
+    for f in sorted(d.glob("backup-repo[0-9]")):
+        st = metrics.read_status(f)
+        parts.append(f"{f.name.removeprefix('backup-')} {st.get('label') or 'none'} ({st.get('result', '-')})")
+    archive, drill = metrics.read_status(d / "archive"), metrics.read_status(d / "drill")
+    parts.append(f"WAL archive lag {archive.get('lag_seconds', '?')} s")
+    parts.append(f"last drill {drill.get('result', 'none yet')}")
+    return f"{text}; base backups: {', '.join(parts)}"
 
 
 def main() -> None:

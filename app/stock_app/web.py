@@ -253,7 +253,8 @@ def check_basic_auth(header: str | None, user: str, password: str) -> bool:
 
 
 def admin_app(store: PriceStore, user: str, password: Callable[[], str],
-              backup_status: Callable[[], str] = lambda: "not configured") -> WsgiApp:
+              backup_status: Callable[[], str] = lambda: "not configured",
+              metrics: Callable[[], str] = lambda: "\n") -> WsgiApp:
     """Row counts per symbol and when the last good backup was taken, behind HTTP basic auth with the
     generated admin credential.
 
@@ -274,6 +275,9 @@ def admin_app(store: PriceStore, user: str, password: Callable[[], str],
         if not check_basic_auth(environ.get("HTTP_AUTHORIZATION"), user, expected):
             return _html(start, 401, "Authentication required", "",
                          [("WWW-Authenticate", 'Basic realm="stock-analyzer admin", charset="UTF-8"')])
+        if path == "/metrics":
+            # Behind the same basic auth: Prometheus scrapes with basic_auth (docs/recovery.md, Monitoring).
+            return _respond(start, 200, metrics().encode(), "text/plain; version=0.0.4; charset=utf-8")
         if path != "/":
             return _html(start, 404, "Not found", "")
         try:
