@@ -100,7 +100,8 @@ def test_prod_refuses_an_unverified_object_store() -> None:
             **{f"{k}Memory": "512Mi" for k in ("postgres", "api", "frontend", "admin")}}
     with pytest.raises(ConfigError, match="pitrS3VerifyTls"):
         load_settings({**prod, **S3, "pitrS3VerifyTls": "false"}, "prod")
-    assert load_settings({**prod, **S3}, "prod").pitr.s3.verify_tls is True
+    p = load_settings({**prod, **S3}, "prod").pitr
+    assert p is not None and p.s3 is not None and p.s3.verify_tls is True
 
 
 def test_swarm_refuses_pitr() -> None:
