@@ -11,6 +11,7 @@ import tarfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
+from typing import Any
 
 import docker
 import docker.errors
@@ -235,6 +236,14 @@ class Engine:
         if check and status != 0:
             raise OpsError(f"{script.split()[0]} in {container.name} exited with {status}: {_tail(text)}")
         return status, text
+
+    def restart_policy(self, container: Container, policy: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The container's restart policy; with `policy`, set it first (returns the one it had)."""
+        container.reload()
+        before = dict(container.attrs["HostConfig"]["RestartPolicy"])
+        if policy is not None:
+            self.client.api.update_container(str(container.id), restart_policy=dict(policy))  # type: ignore[arg-type]
+        return before
 
     def stop(self, container: Container, grace_s: int = 60) -> None:
         container.stop(timeout=grace_s)

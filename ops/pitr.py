@@ -11,6 +11,7 @@ import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import docker.errors
 from docker.models.containers import Container
@@ -26,6 +27,7 @@ _TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}:[0-9]{2}(?:
                    r"(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)")
 _LABEL = re.compile(r"[0-9]{8}-[0-9]{6}F(?:_[0-9]{8}-[0-9]{6}[DI])?")
 SAFETY_LABEL = "stock-analyzer.pitr-safety-copy-of"
+NO_RESTART = {"Name": "no", "MaximumRetryCount": 0}
 RECOVERY_TIMEOUT_S = 1800  # replaying a long stretch of WAL takes what it takes, within reason
 
 
@@ -33,6 +35,12 @@ RECOVERY_TIMEOUT_S = 1800  # replaying a long stretch of WAL takes what it takes
 class Target:
     options: tuple[str, ...]  # pgBackRest restore options
     text: str  # for people
+    epoch: float | None = None  # a time target, as a Unix time
+
+    def refuse_future(self, now: float) -> None:
+        if self.epoch is not None and self.epoch > now:
+            raise OpsError(f"restore to {self.text}: that is in the future (now is "
+                           f"{time.strftime('%Y-%m-%d %H:%M:%S+00', time.gmtime(now))}); nothing changed")
 
 
 def target_of(to_time: str | None, to_latest: bool, backup_set: str | None, repo: int | None) -> Target:
@@ -44,8 +52,12 @@ def target_of(to_time: str | None, to_latest: bool, backup_set: str | None, repo
     if to_time:
         if not _TIME.fullmatch(to_time):
             raise OpsError(f"--to-time {to_time!r}: a time with its offset, e.g. '2026-12-01 10:32:05+00'")
+        try:
+            epoch = datetime.fromisoformat(to_time).timestamp()
+        except ValueError:
+            raise OpsError(f"--to-time {to_time!r}: not a valid date and time") from None
         return Target(("--type=time", f"--target={to_time}", "--target-action=promote", *repo_opt),
-                      f"the state at {to_time}{where}")
+                      f"the state at {to_time}{where}", epoch)
     if backup_set:
         if not _LABEL.fullmatch(backup_set):
             raise OpsError(f"--set {backup_set!r}: a base backup label such as 20261201-103000F (see `backups`)")
@@ -192,6 +204,7 @@ def restore_live(s: StackSettings, engine: Engine, target: Target, stop: Callabl
     failure the safety copy goes back, proven identical, and the stack starts as it was."""
     p = require_pitr(s)
     data = s.volumes[VOL_DATA]
+    target.refuse_future(time.time())
     pg = engine.container(s.postgres.container_name)
     if pg is None:
         raise OpsError(f"{s.postgres.container_name} does not exist: run `up` once first; nothing done")
@@ -201,9 +214,16 @@ def restore_live(s: StackSettings, engine: Engine, target: Target, stop: Callabl
                        f"{2 * used / 2**20:.0f} MiB (the safety copy and the restored data); nothing changed")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     safety = f"{data}_pre-pitr-{stamp}"
-    progress = Progress(6)
+    progress = Progress(7)
     running = [c for c in engine.stack_containers(s.stack) if c.status == "running"]
     progress.say(f"restoring {data} to {target.text}; stopping {len(running)} container(s) (downtime starts)")
+    if pg.status == "running":
+        with progress.step("archive the server's newest WAL (a clean stop does not), so nothing written is left "
+                           "behind"):
+            archive_now(pg, s)
+    # The server exits by itself when recovery fails: its restart policy would start it again on the volume
+    # this command is about to put back. Off for the operation, restored however it ends.
+    policy = engine.restart_policy(pg, NO_RESTART)
     started = time.monotonic()
     original: str | None = None
     try:
@@ -226,10 +246,36 @@ def restore_live(s: StackSettings, engine: Engine, target: Target, stop: Callabl
             start_again([c for c in running if c.name != pg.name])
     except BaseException as err:
         raise OpsError(_undo(s, engine, progress, pg, running, safety, original, err, start_again)) from None
+    finally:
+        engine.restart_policy(pg, policy)
     print(f"restored {data} to {target.text} in {time.monotonic() - started:.1f} s; reached: {reached}. "
           f"The data it replaced is volume {safety}; once satisfied, remove it with docker volume rm {safety}. "
           f"Take a base backup now: python -m ops basebackup --stack {s.stack}")
     return 0
+
+
+ARCHIVE_WAIT_S = 60
+
+
+def archive_now(pg: Container, s: StackSettings, timeout_s: float = ARCHIVE_WAIT_S,
+                psql: Callable[[Container, StackSettings, str], tuple[int, str]] = _psql) -> None:
+    """A commit (so that a time target up to now is reachable), a WAL switch, and a wait until the switched
+    segment is archived: a restore replaces pg_wal, and whatever was never archived would be gone."""
+    code, segment = psql(pg, s, "SELECT pg_current_xact_id()")
+    if code == 0:
+        code, segment = psql(pg, s, "SELECT pg_walfile_name(pg_switch_wal())")
+    if code != 0 or not segment:
+        raise OpsError(f"cannot switch the server's WAL ({segment or 'no answer'}); nothing changed")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        # Segment names of one timeline sort in WAL order; a later timeline sorts after.
+        _, last = psql(pg, s, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")
+        if last[:24] >= segment:
+            return
+        time.sleep(0.5)
+    raise OpsError(f"the server could not archive {segment} within {timeout_s:.0f} s (archive_command failing? "
+                   f"see docker logs {pg.name} and `python -m ops backups`); restoring now would lose what it "
+                   "holds; nothing changed")
 
 
 def _provision(s: StackSettings, engine: Engine) -> None:
@@ -249,9 +295,13 @@ def _undo(s: StackSettings, engine: Engine, progress: Progress, pg: Container, s
     data = s.volumes[VOL_DATA]
     reason = str(err).splitlines()[0] if str(err) else type(err).__name__
     try:
+        engine.restart_policy(pg, NO_RESTART)
         pg.reload()
-        if pg.status == "running":
+        if pg.status in ("running", "restarting"):
             pg.stop(timeout=60)
+        pg.reload()
+        if pg.status not in ("exited", "created", "dead"):
+            raise OpsError(f"{pg.name} did not stop ({pg.status})")
         if original is None or engine.tree_digest(p.image, data) == original:
             engine.remove_volume(safety)
             start_again(stopped)
@@ -297,9 +347,12 @@ def put_back(s: StackSettings, engine: Engine, safety: str, stop: Callable[[list
 def restore_scratch(s: StackSettings, engine: Engine, target: Target, port: int) -> int:
     """Into a server of its own on 127.0.0.1:PORT, beside the live stack, which is not touched."""
     p = require_pitr(s)
+    target.refuse_future(time.time())
     pg = engine.container(s.postgres.container_name)
     if pg is None:
         raise OpsError(f"{s.postgres.container_name} does not exist: run `up` once first; nothing done")
+    if pg.status == "running":
+        archive_now(pg, s)
     name, volume = scratch_names(s)
     if engine.container(name) or engine.volume_exists(volume):
         raise OpsError(f"a scratch server {name} exists already: remove it first with python -m ops restore "
