@@ -191,14 +191,21 @@ class Engine:
         container.start()
         return container
 
-    def scratch_server(self, name: str, image: str, volume: str, port: int, env: Mapping[str, str],
-                       files: Mapping[str, tuple[str, int, int]]) -> Container:
-        """A server on a restored data directory, published on loopback only, archiving nothing."""
+    def recovery_server(self, name: str, image: str, volume: str, *, env: Mapping[str, str],
+                        files: Mapping[str, tuple[str, int, int]], port: int | None = None,
+                        network: str | None = None, alias: str | None = None) -> Container:
+        """A server on a restored data directory that archives nothing: published on loopback only (a scratch
+        for a look), or on a stack network under the server's alias (a live restore's recovery, which the
+        provisioning job then reaches as it reaches the server)."""
+        self.remove_container(name)
         container = self.client.containers.create(
             image, command=["postgres", "-c", "archive_mode=off"], name=name, user="999:999",
             volumes={volume: {"bind": "/var/lib/postgresql/data", "mode": "rw"}},
-            ports={"5432/tcp": ("127.0.0.1", port)}, labels={"stock-analyzer.ops": "pitr-scratch"},
+            ports={"5432/tcp": ("127.0.0.1", port)} if port else None, labels={"stock-analyzer.ops": "recovery"},
             tmpfs={"/var/run/postgresql": "rw,nosuid,nodev,size=1m,uid=999,gid=999,mode=0775"},
+            network=network,
+            networking_config={network: self.client.api.create_endpoint_config(aliases=[alias] if alias else [])}
+            if network else None,
             stop_signal="SIGINT", environment=dict(env))
         container.put_archive("/", tar_of(files))
         container.start()

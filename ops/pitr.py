@@ -17,7 +17,7 @@ import docker.errors
 from docker.models.containers import Container
 
 from model import pitr as pitr_model
-from model.settings import PGDATA, POSTGRES_UID, VOL_DATA, VOL_PITR_REPO, StackSettings, pitr_files
+from model.settings import DB_ALIAS, PGDATA, POSTGRES_UID, VOL_DATA, VOL_PITR_REPO, StackSettings, pitr_files
 from ops.engine import Engine, OpsError, Progress
 
 PITR_SCRIPT = f"{pitr_model.PITR_TARGET}/pitr.sh"
@@ -179,9 +179,9 @@ def _psql(c: Container, s: StackSettings, query: str) -> tuple[int, str]:
 
 
 def wait_promoted(c: Container, s: StackSettings, timeout_s: float = RECOVERY_TIMEOUT_S,
-                  psql: Callable[[Container, StackSettings, str], tuple[int, str]] = _psql) -> str:
-    """Until recovery has reached its target and the server accepts writes; returns the last replayed commit
-    time (the time actually reached), or raises with the server's last log lines."""
+                  psql: Callable[[Container, StackSettings, str], tuple[int, str]] = _psql) -> tuple[str, int]:
+    """Until recovery has reached its target and the server accepts writes; returns what was reached (the last
+    replayed commit's time) and the new timeline, or raises with the server's last log lines."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         c.reload()
@@ -190,10 +190,13 @@ def wait_promoted(c: Container, s: StackSettings, timeout_s: float = RECOVERY_TI
             raise OpsError(f"the server stopped during recovery: {' | '.join(logs.strip().splitlines()[-3:])}")
         code, out = psql(c, s, "SELECT pg_is_in_recovery()")
         if code == 0 and out == "f":
-            _, reached = psql(c, s, "SELECT coalesce('last commit replayed ' || pg_last_xact_replay_timestamp(), "
-                                    "'the end of the base backup (no later commit replayed)') || ', timeline ' "
-                                    "|| (SELECT timeline_id FROM pg_control_checkpoint())")
-            return reached
+            _, out = psql(c, s, "SELECT coalesce('last commit replayed ' || pg_last_xact_replay_timestamp(), "
+                                "'the end of the base backup (no later commit replayed)') || '|' "
+                                "|| (SELECT timeline_id FROM pg_control_checkpoint())")
+            reached, _, timeline = out.rpartition("|")
+            if timeline.isdigit():
+                return f"{reached}, timeline {timeline}", int(timeline)
+            return out, 0
         time.sleep(0.5)
     raise OpsError(f"recovery did not finish within {timeout_s:.0f} s")
 
@@ -214,13 +217,16 @@ def restore_live(s: StackSettings, engine: Engine, target: Target, stop: Callabl
                        f"{2 * used / 2**20:.0f} MiB (the safety copy and the restored data); nothing changed")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     safety = f"{data}_pre-pitr-{stamp}"
-    progress = Progress(7)
+    progress = Progress(8 if pg.status == "running" else 7)
     running = [c for c in engine.stack_containers(s.stack) if c.status == "running"]
     progress.say(f"restoring {data} to {target.text}; stopping {len(running)} container(s) (downtime starts)")
     if pg.status == "running":
-        with progress.step("archive the server's newest WAL (a clean stop does not), so nothing written is left "
-                           "behind"):
-            archive_now(pg, s)
+        try:
+            with progress.step("archive the server's newest WAL (a clean stop does not), so nothing written is "
+                               "left behind"):
+                archive_now(pg, s)
+        except OpsError as err:
+            raise OpsError(f"restore failed ({err}); nothing changed") from None
     # The server exits by itself when recovery fails: its restart policy would start it again on the volume
     # this command is about to put back. Off for the operation, restored however it ends.
     policy = engine.restart_policy(pg, NO_RESTART)
@@ -237,17 +243,35 @@ def restore_live(s: StackSettings, engine: Engine, target: Target, stop: Callabl
                 raise OpsError(f"the copy {safety} differs from {data}")
         with progress.step(f"pgBackRest restore of {target.text} into {data} (delta: only what differs)"):
             _pgbackrest_restore(s, engine, pg, data, target, delta=True)
-        with progress.step("start the server; replay WAL up to the target, then promote"):
-            pg.start()
-            reached = wait_promoted(pg, s)
-        with progress.step("run the provisioning job (roles, grants and passwords of today's stack)"):
+        with progress.step("replay WAL up to the target and promote, in a recovery server that archives nothing "
+                           "(until the restore is committed, the repositories see nothing of it)"):
+            rec = engine.recovery_server(recovery_name(s), p.image, data, env=_env(p), files=_files(s, pg),
+                                         network=s.networks["backend"], alias=DB_ALIAS)
+            reached, timeline = wait_promoted(rec, s)
+        with progress.step("run the provisioning job against it (roles, grants and passwords of today's stack)"):
             _provision(s, engine)
-        with progress.step("start the rest of the stack"):
-            start_again([c for c in running if c.name != pg.name])
+        with progress.step("stop the recovery server cleanly"):
+            _, current = _psql(rec, s, "SELECT pg_walfile_name(pg_current_wal_lsn())")
+            rec.stop(timeout=60)
+            engine.remove_container(recovery_name(s))
+            if timeline < 2 or len(current) != 24:
+                raise OpsError(f"the recovery server reports timeline {timeline}, segment {current!r}")
+        # The commit: the new timeline's history file (and any segment the recovery server completed) marked for
+        # archiving, which the live server does first when it starts. Before this, the repositories saw nothing.
+        with progress.step(f"commit: mark timeline {timeline}'s history for archiving by the live server"):
+            _mark_ready(s, engine, pg, data, timeline, current)
     except BaseException as err:
-        raise OpsError(_undo(s, engine, progress, pg, running, safety, original, err, start_again)) from None
-    finally:
+        engine.remove_container(recovery_name(s))
         engine.restart_policy(pg, policy)
+        raise OpsError(_undo(s, engine, progress, pg, running, safety, original, err, start_again)) from None
+    # Committed: from here on a failure is reported, never undone (the repositories follow the new timeline).
+    engine.restart_policy(pg, policy)
+    try:
+        pg.start()
+        start_again([c for c in running if c.name != pg.name])
+    except docker.errors.DockerException as err:
+        raise OpsError(f"restored {data} to {target.text} (reached: {reached}), but starting the stack failed "
+                       f"({err}): start it with `pulumi up` or `docker compose up -d`") from None
     print(f"restored {data} to {target.text} in {time.monotonic() - started:.1f} s; reached: {reached}. "
           f"The data it replaced is volume {safety}; once satisfied, remove it with docker volume rm {safety}. "
           f"Take a base backup now: python -m ops basebackup --stack {s.stack}")
@@ -265,7 +289,7 @@ def archive_now(pg: Container, s: StackSettings, timeout_s: float = ARCHIVE_WAIT
     if code == 0:
         code, segment = psql(pg, s, "SELECT pg_walfile_name(pg_switch_wal())")
     if code != 0 or not segment:
-        raise OpsError(f"cannot switch the server's WAL ({segment or 'no answer'}); nothing changed")
+        raise OpsError(f"cannot switch the server's WAL ({segment or 'no answer'})")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         # Segment names of one timeline sort in WAL order; a later timeline sorts after.
@@ -275,7 +299,22 @@ def archive_now(pg: Container, s: StackSettings, timeout_s: float = ARCHIVE_WAIT
         time.sleep(0.5)
     raise OpsError(f"the server could not archive {segment} within {timeout_s:.0f} s (archive_command failing? "
                    f"see docker logs {pg.name} and `python -m ops backups`); restoring now would lose what it "
-                   "holds; nothing changed")
+                   "holds")
+
+
+def recovery_name(s: StackSettings) -> str:
+    return f"{s.prefix}-pitr-recovery"
+
+
+def _env(p: pitr_model.PitrSettings) -> dict[str, str]:
+    return {"PITR_REPOS": " ".join(map(str, p.repos))}
+
+
+def _mark_ready(s: StackSettings, engine: Engine, pg: Container, volume: str, timeline: int, current: str) -> None:
+    p = require_pitr(s)
+    engine.run(p.image, ["env", f"PGDATA={PGDATA}", "sh", f"{pitr_model.PITR_TARGET}/mark-ready.sh", f"{timeline:08X}",
+                         current], {volume: (PGDATA, "rw")}, user=f"{POSTGRES_UID}:{POSTGRES_UID}",
+               files=_files(s, pg))
 
 
 def _provision(s: StackSettings, engine: Engine) -> None:
@@ -311,13 +350,14 @@ def _undo(s: StackSettings, engine: Engine, progress: Progress, pg: Container, s
         engine.copy_volume(p.image, safety, data)
         if engine.tree_digest(p.image, data) != original:
             raise OpsError(f"the copy back into {data} differs from {safety}")
+        engine.remove_volume(safety)
         start_again(stopped)
     except (OpsError, docker.errors.DockerException, OSError) as undo:
         return (f"restore failed ({reason}) and the data could not be put back ({undo}): the data as it was is "
                 f"in volume {safety}; put it back with: python -m ops restore --stack {s.stack} "
                 f"--from-safety-copy {safety}")
-    return (f"restore failed ({reason}); {data} holds the data as it was, identical to before ({safety} is kept), "
-            "and the stack is started again")
+    return (f"restore failed ({reason}); {data} holds the data as it was, proven identical to before, and the stack "
+            "is started again")
 
 
 def put_back(s: StackSettings, engine: Engine, safety: str, stop: Callable[[list[Container]], None],
@@ -364,9 +404,8 @@ def restore_scratch(s: StackSettings, engine: Engine, target: Target, port: int)
         with progress.step(f"pgBackRest restore of {target.text} into {volume}"):
             _pgbackrest_restore(s, engine, pg, volume, target, delta=False)
         with progress.step(f"start {name} on 127.0.0.1:{port}; replay WAL up to the target"):
-            c = engine.scratch_server(name, p.image, volume, port, env={"PITR_REPOS": " ".join(map(str, p.repos))},
-                                      files=_files(s, pg))
-            reached = wait_promoted(c, s)
+            c = engine.recovery_server(name, p.image, volume, env=_env(p), files=_files(s, pg), port=port)
+            reached, _ = wait_promoted(c, s)
     except BaseException:
         drop_scratch(s, engine, quiet=True)
         raise

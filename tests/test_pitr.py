@@ -172,7 +172,7 @@ def test_program_builds_the_image_and_the_server_runs_it() -> None:
 def test_program_with_s3_requires_the_keys_as_secrets() -> None:
     with pytest.raises(Exception, match="pitrS3AccessKey"):
         run_program("dev", _pitr_config(S3))
-    keys = {f"{PROJECT}:pitrS3AccessKey": "AKIA0000000000000000", f"{PROJECT}:pitrS3SecretKey": "s" * 40}
+    keys = {f"{PROJECT}:pitrS3AccessKey": "k" * 20, f"{PROJECT}:pitrS3SecretKey": "s" * 40}
     rec = run_program("dev", {**_pitr_config(S3), **keys}, secret_keys=("pitrS3AccessKey", "pitrS3SecretKey"))
     assert [r.name for r in rec.resources if r.name == "credentials-pitr-cipher-key"]
     uploads = {u["file"] for u in plain(rec.named("database-server").inputs["uploads"])}

@@ -188,13 +188,18 @@ def test_a_drill_on_its_schedule_turns_red_on_a_damaged_backup(pitr: Pitr, capsy
     wait_for("a scheduled drill", lambda: pitr.status("drill").get("result") == "ok", timeout_s=120, interval_s=1)
     assert pitr.pitr_sh("health", check=False)[0] == 0
     label = pitr.status("backup-repo1")["label"]
-    # A flipped byte in the newest base backup of the local repository.
-    bundle = sh("docker", "exec", pitr.s.pitr_runner.container_name, "sh", "-c",  # type: ignore[union-attr]
-                f"ls -S /var/lib/pgbackrest/backup/main/{label}/bundle/* | head -n 1").stdout.strip()
-    assert bundle, "no bundle file in the newest backup"
-    flip = ("f=$1; n=$(( $(stat -c %s \"$f\") / 2 )); b=$(od -An -tu1 -j \"$n\" -N1 \"$f\" | tr -d ' '); "
-            "printf \"$(printf '\\\\%03o' $(( b ^ 1 )))\" | dd of=\"$f\" bs=1 seek=\"$n\" conv=notrunc 2>/dev/null")
-    sh("docker", "exec", pitr.s.pitr_runner.container_name, "sh", "-c", flip, "flip", bundle)  # type: ignore[union-attr]
+    # A flipped byte in the middle of the largest file of the newest base backup of the local repository, written
+    # through the volume's directory on the host.
+    mount = sh("docker", "volume", "inspect", "-f", "{{.Mountpoint}}", pitr.s.volumes[VOL_PITR_REPO]).stdout.strip()
+    files = [f for f in (Path(mount) / "backup" / "main" / label).rglob("*") if f.is_file()
+             and f.name != "backup.manifest" and not f.name.endswith(".copy")]
+    assert files, f"no files in backup {label}"
+    victim = max(files, key=lambda f: f.stat().st_size)
+    with open(victim, "r+b") as fh:
+        fh.seek(victim.stat().st_size // 2)
+        byte = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([byte[0] ^ 0xFF]))
     before = int(pitr.status("drill")["time"])
     # Due again: the scheduled drill runs within a tick and fails.
     sh("docker", "exec", pitr.s.pitr_runner.container_name, "sh", "-c",  # type: ignore[union-attr]
@@ -239,6 +244,45 @@ def test_restore_to_the_second_before_a_bad_write(pitr: Pitr, capsys: pytest.Cap
     wait_healthy(pitr.st.services, timeout_s=120)
     assert http("POST", pitr.st.url("api", "/prices"), {"symbol": "AFTER", "day": "2001-01-01", "close": "2"})[0] == 201
     RESULTS["to_time_rows_kept"] = len(acked_before)
+
+
+def _fingerprint(pitr: Pitr) -> str:
+    """Every table's rows and checksum, the timeline and the cluster's identity."""
+    rows = sh("docker", "exec", pitr.s.postgres.container_name, "psql", "-X", "-A", "-t", "-q", "-U", "postgres",
+              "-d", pitr.s.db_name, "-f", "/pitr/checksums.sql").stdout
+    ident = pitr.psql("SELECT system_identifier FROM pg_control_system()")
+    timeline = pitr.psql("SELECT timeline_id FROM pg_control_checkpoint()")
+    return "\n".join((rows, ident, timeline))
+
+
+def _safety_copies() -> set[str]:
+    out = sh("docker", "volume", "ls", "-q", "--filter", "label=stock-analyzer.pitr-safety-copy-of").stdout
+    return set(out.split())
+
+
+@pytest.mark.parametrize("step", range(1, 9))
+def test_a_failed_restore_at_any_step_leaves_the_database_as_it_was(
+        pitr: Pitr, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    code, _ = http("POST", pitr.st.url("api", "/prices"), {"symbol": "STEP", "day": f"2002-01-{step:02d}",
+                                                            "close": "1"})
+    assert code == 201
+    before = _fingerprint(pitr)
+    copies = _safety_copies()
+    monkeypatch.setenv("OPS_FAIL_AFTER", str(step))
+    code, _, err = pitr.ops(capsys, "restore", "--to-latest", "--yes")
+    monkeypatch.delenv("OPS_FAIL_AFTER")
+    assert code == 1 and "restore failed" in one_error_line(err), err
+    wait_healthy([pitr.s.postgres.container_name], timeout_s=60)
+    assert _fingerprint(pitr) == before
+    assert not sh("docker", "ps", "-aq", "--filter", "name=pitr-recovery").stdout.strip()
+    assert _safety_copies() == copies, "a failed restore that put everything back leaves no copy behind"
+    wait_for("the API writing again", lambda: http("POST", pitr.st.url("api", "/prices"), {
+        "symbol": "STEP", "day": f"2003-01-{step:02d}", "close": "1"})[0] == 201, timeout_s=60, interval_s=0.5)
+    if step == 8:
+        # None of the attempts reached the repositories: a real restore to the latest WAL has every row since.
+        code, _, err = pitr.ops(capsys, "restore", "--to-latest", "--yes")
+        assert code == 0, err
+        assert {f"2003-01-{n:02d}" for n in range(1, 9)} <= pitr.days("STEP")
 
 
 def _destroy_data_volume(pitr: Pitr, also: tuple[str, ...] = ()) -> float:
