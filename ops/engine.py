@@ -191,7 +191,7 @@ class Engine:
         container.start()
         return container
 
-    def recovery_server(self, name: str, image: str, volume: str, *, env: Mapping[str, str],
+    def recovery_server(self, name: str, image: str, volume: str, *, repo: tuple[str, str], env: Mapping[str, str],
                         files: Mapping[str, tuple[str, int, int]], port: int | None = None,
                         network: str | None = None, alias: str | None = None) -> Container:
         """A server on a restored data directory that archives nothing: published on loopback only (a scratch
@@ -200,7 +200,9 @@ class Engine:
         self.remove_container(name)
         container = self.client.containers.create(
             image, command=["postgres", "-c", "archive_mode=off"], name=name, user="999:999",
-            volumes={volume: {"bind": "/var/lib/postgresql/data", "mode": "rw"}},
+            # The local repository read-only: restore_command reads WAL from it; a recovery never writes it.
+            volumes={volume: {"bind": "/var/lib/postgresql/data", "mode": "rw"},
+                     repo[0]: {"bind": repo[1], "mode": "ro"}},
             ports={"5432/tcp": ("127.0.0.1", port)} if port else None, labels={"stock-analyzer.ops": "recovery"},
             tmpfs={"/var/run/postgresql": "rw,nosuid,nodev,size=1m,uid=999,gid=999,mode=0775"},
             network=network,

@@ -186,8 +186,9 @@ def wait_promoted(c: Container, s: StackSettings, timeout_s: float = RECOVERY_TI
     while time.monotonic() < deadline:
         c.reload()
         if c.status != "running":
-            logs = c.logs(tail=5).decode(errors="replace")
-            raise OpsError(f"the server stopped during recovery: {' | '.join(logs.strip().splitlines()[-3:])}")
+            lines = c.logs(tail=40).decode(errors="replace").strip().splitlines()
+            why = [line for line in lines if re.search(r"\b(FATAL|PANIC|ERROR):", line)] or lines[-3:]
+            raise OpsError(f"the server stopped during recovery: {' | '.join(why[-2:])}")
         code, out = psql(c, s, "SELECT pg_is_in_recovery()")
         if code == 0 and out == "f":
             _, out = psql(c, s, "SELECT coalesce('last commit replayed ' || pg_last_xact_replay_timestamp(), "
@@ -245,8 +246,8 @@ def restore_live(s: StackSettings, engine: Engine, target: Target, stop: Callabl
             _pgbackrest_restore(s, engine, pg, data, target, delta=True)
         with progress.step("replay WAL up to the target and promote, in a recovery server that archives nothing "
                            "(until the restore is committed, the repositories see nothing of it)"):
-            rec = engine.recovery_server(recovery_name(s), p.image, data, env=_env(p), files=_files(s, pg),
-                                         network=s.networks["backend"], alias=DB_ALIAS)
+            rec = engine.recovery_server(recovery_name(s), p.image, data, repo=_repo(s), env=_env(p),
+                                         files=_files(s, pg), network=s.networks["backend"], alias=DB_ALIAS)
             reached, timeline = wait_promoted(rec, s)
         with progress.step("run the provisioning job against it (roles, grants and passwords of today's stack)"):
             _provision(s, engine)
@@ -300,6 +301,10 @@ def archive_now(pg: Container, s: StackSettings, timeout_s: float = ARCHIVE_WAIT
     raise OpsError(f"the server could not archive {segment} within {timeout_s:.0f} s (archive_command failing? "
                    f"see docker logs {pg.name} and `python -m ops backups`); restoring now would lose what it "
                    "holds")
+
+
+def _repo(s: StackSettings) -> tuple[str, str]:
+    return s.volumes[VOL_PITR_REPO], pitr_model.REPO_DIR
 
 
 def recovery_name(s: StackSettings) -> str:
@@ -404,7 +409,8 @@ def restore_scratch(s: StackSettings, engine: Engine, target: Target, port: int)
         with progress.step(f"pgBackRest restore of {target.text} into {volume}"):
             _pgbackrest_restore(s, engine, pg, volume, target, delta=False)
         with progress.step(f"start {name} on 127.0.0.1:{port}; replay WAL up to the target"):
-            c = engine.recovery_server(name, p.image, volume, env=_env(p), files=_files(s, pg), port=port)
+            c = engine.recovery_server(name, p.image, volume, repo=_repo(s), env=_env(p), files=_files(s, pg),
+                                       port=port, network=s.networks["backend"])
             reached, _ = wait_promoted(c, s)
     except BaseException:
         drop_scratch(s, engine, quiet=True)

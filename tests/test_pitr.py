@@ -16,7 +16,7 @@ from exporters import compose
 from model.pitr import pgbackrest_conf
 from model.settings import ConfigError, load_settings
 from ops.engine import OpsError
-from ops.pitr import target_of, wait_promoted
+from ops.pitr import archive_now, target_of, wait_promoted
 from tests.pulumi_mocks import PROJECT, ROOT, committed_config, plain, run_program
 
 S3 = {"pitrOffhost": "s3", "pitrS3Endpoint": "objects.example.com:9443", "pitrS3Bucket": "stock-backups"}
@@ -219,6 +219,25 @@ class _Stopped:
 def test_a_server_that_stops_during_recovery_is_a_failure_with_its_reason() -> None:
     with pytest.raises(OpsError, match="recovery target was reached"):
         wait_promoted(_Stopped(), settings(), timeout_s=5, psql=lambda *_: (0, "t"))  # type: ignore[arg-type]
+
+
+def test_a_time_in_the_future_is_refused() -> None:
+    t = target_of("2026-12-01 10:32:05+00", False, None, None)
+    t.refuse_future(now=t.epoch + 1)  # type: ignore[operator]
+    with pytest.raises(OpsError, match="future"):
+        t.refuse_future(now=t.epoch - 1)  # type: ignore[operator]
+
+
+def test_archive_now_waits_until_the_switched_segment_is_archived() -> None:
+    answers = iter([(0, "123"), (0, "000000010000000000000005"), (0, "000000010000000000000004"),
+                    (0, "000000010000000000000005")])
+    archive_now(_Stopped(), settings(), timeout_s=5, psql=lambda *_: next(answers))  # type: ignore[arg-type]
+
+
+def test_archive_now_refuses_when_archiving_is_stuck() -> None:
+    answers = iter([(0, "123"), (0, "000000010000000000000005"), *[(0, "000000010000000000000004")] * 100])
+    with pytest.raises(OpsError, match="could not archive 000000010000000000000005"):
+        archive_now(_Stopped(), settings(), timeout_s=1, psql=lambda *_: next(answers))  # type: ignore[arg-type]
 
 
 # -- metrics and alerts ------------------------------------------------------------------------------------

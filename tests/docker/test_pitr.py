@@ -285,6 +285,19 @@ def test_a_failed_restore_at_any_step_leaves_the_database_as_it_was(
         assert {f"2003-01-{n:02d}" for n in range(1, 9)} <= pitr.days("STEP")
 
 
+def test_a_named_base_backup_from_the_local_repository(pitr: Pitr, capsys: pytest.CaptureFixture[str]) -> None:
+    """--repo 1 alone: the recovery reads WAL from the local repository (mounted into the recovery server)."""
+    code, out, err = pitr.ops(capsys, "basebackup", "--type", "incr")
+    assert code == 0, err
+    label = next(line.split()[1] for line in out.splitlines() if line.startswith("repo1 "))
+    days = pitr.days("STEP")
+    http("POST", pitr.st.url("api", "/prices"), {"symbol": "STEP", "day": "2004-01-01", "close": "1"})
+    code, out, err = pitr.ops(capsys, "restore", "--set", label, "--repo", "1", "--yes")
+    assert code == 0, err
+    assert "the end of the base backup" in out
+    assert pitr.days("STEP") == days, "the row written after the base backup is not part of it"
+
+
 def _destroy_data_volume(pitr: Pitr, also: tuple[str, ...] = ()) -> float:
     """SIGKILL the server, remove it and every container that mounts the volumes, remove the volumes, and
     recreate the containers (empty volumes), as `up` would after a lost disk. Returns when it was killed."""
