@@ -153,10 +153,23 @@ def bench(a: argparse.Namespace, project: Path, st: Stack) -> None:
     finally:
         sh("docker", "rm", "-f", plain, check=False)
     print(f"pgbench without archiving: {without:.0f} tps", flush=True)
+    # The volume lost: the same restores into an empty data volume (no delta to lean on).
+    sh("docker", "start", s.postgres.container_name)
+    empty = {}
+    for repo in ("1", "2"):
+        for c in sh("docker", "ps", "-aq", "--filter", f"volume={data}").stdout.split():
+            sh("docker", "rm", "-f", c)
+        sh("docker", "volume", "rm", data)
+        st.compose("up", "--no-start", "--no-deps", s.postgres.service, s.provision.service,
+                   s.pitr_runner.service)  # type: ignore[union-attr]
+        empty[repo] = timed(f"restore --to-latest into an empty volume, repo{repo}", run_ops, project, "restore",
+                            "--to-latest", "--repo", repo, "--yes")
+        st.compose("up", "-d")
     print(f"\nsummary: rows={rows} size={size} restore_local={t_local:.1f}s restore_offhost={t_off:.1f}s "
           f"copy={t_copy:.1f}s pg_restore={t_dump:.1f}s replay_{a.replay_s}s={t_replay:.1f}s wal={wal} "
           f"tps_archiving={with_archiving:.0f} tps_plain={without:.0f} "
-          f"cost={100 * (without - with_archiving) / without:.1f}%", flush=True)
+          f"cost={100 * (without - with_archiving) / without:.1f}% empty_local={empty['1']:.1f}s "
+          f"empty_offhost={empty['2']:.1f}s", flush=True)
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ class Doctor:
             return findings
         self.engine = engine
         for check in (self._engine, self._disk, self._images, self._containers, self._ports, self._networks,
-                      self._reachability, self._credentials):
+                      self._reachability, self._credentials, self._pitr):
             findings.extend(check())
         return findings
 
@@ -170,6 +170,17 @@ class Doctor:
                           else WARN if health in ("healthy", "starting") else FAIL)
                 yield Finding(status, check, f"running, {health}" + (f", {restarts} restarts" if restarts else ""),
                               "" if status == OK else f"read docker logs {spec.container_name}")
+
+    def _pitr(self) -> Iterator[Finding]:
+        """Point-in-time recovery: each repository's last base backup, the WAL queue, the last drill."""
+        if self.s.pitr is None or self.s.pitr_runner is None:
+            return
+        c = self._container(self.s.pitr_runner)
+        if c is None or c.status != "running":
+            return  # the container check above says so
+        _, out = self.engine.sh(c, "sh /pitr/pitr.sh status", user="", check=False, stdout_only=True)
+        yield from pitr_findings(dict(line.split("=", 1) for line in out.splitlines() if "=" in line),
+                                 self.s.pitr.repos, self.s.stack)
 
     def _ports(self) -> Iterator[Finding]:
         for spec in self.s.containers:
@@ -276,6 +287,33 @@ try:
 except Exception as err:
     print(str(err).strip())
 """
+
+
+ARCHIVE_LAG_WARN_S = 300
+
+
+def pitr_findings(st: dict[str, str], repos: tuple[int, ...], stack: str) -> Iterator[Finding]:
+    for repo in repos:
+        k = f"backup-repo{repo}"
+        result, label = st.get(f"{k}.result"), st.get(f"{k}.label") or "none"
+        if result == "failed":
+            yield Finding(FAIL, f"base backup repo{repo}", f"the last one failed (newest good: {label})",
+                          f"python -m ops basebackup --stack {stack} shows why")
+        elif result is None:
+            yield Finding(WARN, f"base backup repo{repo}", "none yet", "db-pitr takes the first at start")
+        else:
+            yield Finding(OK, f"base backup repo{repo}", label)
+    lag = int(st.get("archive.lag_seconds", "0") or 0)
+    ready = st.get("archive.ready", "?")
+    yield Finding(WARN if lag > ARCHIVE_LAG_WARN_S else OK, "WAL archive",
+                  f"{ready} segment(s) waiting, oldest {lag} s",
+                  "" if lag <= ARCHIVE_LAG_WARN_S else "read the server's docker logs: archive_command fails")
+    drill = st.get("drill.result")
+    if drill == "failed":
+        yield Finding(FAIL, "restore drill", f"failed: {st.get('drill.detail', '')}",
+                      f"python -m ops basebackup --stack {stack} --type full, then python -m ops drill --stack {stack}")
+    else:
+        yield Finding(OK if drill == "ok" else WARN, "restore drill", drill or "none yet")
 
 
 def report(findings: list[Finding]) -> tuple[str, int]:

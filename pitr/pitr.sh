@@ -191,19 +191,28 @@ switcher() {
   done
 }
 
+# A step of the loop in the background, waited for: the shell runs its TERM trap at once (a foreground child
+# would hold the trap until it ends: a `check` waiting for a stopping server held `docker stop` for 60 s).
+run() {
+  "$@" & child=$!
+  wait "$child" && rc=0 || rc=$?
+  child=""
+  return "$rc"
+}
+
 loop() {
   mkdir -p "$status_dir" "$marks"
   switcher & switcher_pid=$!
-  until stanza; do log "waiting for the server and the repositories"; sleep 10; done
+  until run stanza; do log "waiting for the server and the repositories"; run sleep 10; done
   while :; do
-    archive_status || log "archive status unavailable"
+    run archive_status || log "archive status unavailable"
     if full_due; then
-      if (backup full); then write_status schedule "full_time=$(now)"; fi
+      if run backup full; then write_status schedule "full_time=$(now)"; fi
     elif due backup-repo1 "$PITR_DIFF_INTERVAL_S"; then
-      (backup diff) || true
+      run backup diff || true
     fi
-    if due drill "$PITR_DRILL_INTERVAL_S"; then (drill 1) || true; fi
-    sleep "${PITR_TICK_S:-60}" & wait $!
+    if due drill "$PITR_DRILL_INTERVAL_S"; then run drill 1 || true; fi
+    run sleep "${PITR_TICK_S:-60}"
   done
 }
 
@@ -223,8 +232,13 @@ health() {
   [ "$(field failed_count "$status_dir/archive")" = "" ] || [ "$(field ready "$status_dir/archive")" -lt 16 ]
 }
 
-switcher_pid=""
-trap '[ -z "$switcher_pid" ] || kill "$switcher_pid" 2>/dev/null; exit 143' TERM INT
+switcher_pid="" child=""
+stop() {
+  [ -z "$child" ] || kill "$child" 2>/dev/null || true
+  [ -z "$switcher_pid" ] || kill "$switcher_pid" 2>/dev/null || true
+  exit 143
+}
+trap stop TERM INT
 cmd="${1:-}"; [ $# -eq 0 ] || shift
 case "$cmd" in
   loop) loop ;;

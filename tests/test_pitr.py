@@ -240,6 +240,20 @@ def test_archive_now_refuses_when_archiving_is_stuck() -> None:
         archive_now(_Stopped(), settings(), timeout_s=1, psql=lambda *_: next(answers))  # type: ignore[arg-type]
 
 
+def test_doctor_reads_the_pitr_status() -> None:
+    from ops.doctor import FAIL, OK, WARN, pitr_findings
+
+    healthy = {"backup-repo1.result": "ok", "backup-repo1.label": "L1", "backup-repo2.result": "ok",
+               "archive.lag_seconds": "3", "archive.ready": "0", "drill.result": "ok"}
+    assert {f.status for f in pitr_findings(healthy, (1, 2), "dev")} == {OK}
+    bad = {**healthy, "backup-repo2.result": "failed", "archive.lag_seconds": "900", "drill.result": "failed",
+           "drill.detail": "rows or checksums differ"}
+    found = {f.check: f for f in pitr_findings(bad, (1, 2), "dev")}
+    assert found["base backup repo2"].status == FAIL and found["restore drill"].status == FAIL
+    assert found["WAL archive"].status == WARN and "900" in found["WAL archive"].detail
+    assert "python -m ops drill --stack dev" in found["restore drill"].fix
+
+
 # -- metrics and alerts ------------------------------------------------------------------------------------
 
 

@@ -215,6 +215,8 @@ def test_a_drill_on_its_schedule_turns_red_on_a_damaged_backup(pitr: Pitr, capsy
     assert code == 0 and "last drill: failed" in out
     code, out, err = pitr.ops(capsys, "drill")
     assert code == 1 and "failed" in one_error_line(err)
+    _, out, _ = pitr.ops(capsys, "doctor")
+    assert any(line.startswith("fail") and "restore drill" in line for line in out.splitlines()), out
     # A new full backup: the drill of it passes and the status is green again.
     code, out, err = pitr.ops(capsys, "basebackup", "--type", "full")
     assert code == 0, err
