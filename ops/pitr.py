@@ -172,6 +172,45 @@ def _pgbackrest_restore(s: StackSettings, engine: Engine, pg: Container, volume:
                user=f"{POSTGRES_UID}:{POSTGRES_UID}", files=_files(s, pg), network=s.networks["backend"])
 
 
+_NOT_ON_THE_PATH = "[058]"  # pgBackRest: the backup was taken after the target timeline forked from its own
+
+
+def _restore_from_a_compatible_set(s: StackSettings, engine: Engine, pg: Container, volume: str, target: Target,
+                                   progress: Progress) -> None:
+    """The newest base backup, or, when pgBackRest says it lies after the fork of the target's timeline (a
+    restore went back to before it), the newest earlier one that does not."""
+    try:
+        _pgbackrest_restore(s, engine, pg, volume, target, delta=True)
+        return
+    except OpsError as err:
+        if _NOT_ON_THE_PATH not in str(err) or any(o.startswith("--set=") for o in target.options):
+            raise
+        first = err
+    repo = next((o.split("=", 1)[1] for o in target.options if o.startswith("--repo=")), "1")
+    for label in reversed(_backup_sets(s, engine, pg, repo)[:-1]):
+        progress.say(f"    the newest backup of repo{repo} was taken after the target's timeline forked; trying "
+                     f"{label}")
+        try:
+            _pgbackrest_restore(s, engine, pg, volume, Target((*target.options, f"--set={label}"), target.text),
+                                delta=True)
+            return
+        except OpsError as err:
+            if _NOT_ON_THE_PATH not in str(err):
+                raise
+    raise first
+
+
+def _backup_sets(s: StackSettings, engine: Engine, pg: Container, repo: str) -> list[str]:
+    """Labels of a repository's base backups, oldest first."""
+    p = require_pitr(s)
+    out = engine.run(p.image, ["env", f"PITR_REPOS={_env(p)['PITR_REPOS']}", "sh",
+                               f"{pitr_model.PITR_TARGET}/pgbackrest.sh", "--stanza=main", f"--repo={repo}",
+                               "--output=json", "--log-level-console=off", "info"],
+                     {s.volumes[VOL_PITR_REPO]: (pitr_model.REPO_DIR, "ro")}, user=f"{POSTGRES_UID}:{POSTGRES_UID}",
+                     files=_files(s, pg), network=s.networks["backend"])
+    return re.findall(r'"label":"([0-9]{8}-[0-9]{6}F(?:_[0-9]{8}-[0-9]{6}[DI])?)"', out)
+
+
 def _psql(c: Container, s: StackSettings, query: str) -> tuple[int, str]:
     code, out = c.exec_run(["psql", "-X", "-A", "-t", "-q", "-h", pitr_model.SOCKET_DIR, "-U", s.db_superuser,
                             "-d", s.db_name, "-c", query], user="postgres", demux=True)
@@ -243,7 +282,7 @@ def restore_live(s: StackSettings, engine: Engine, target: Target, stop: Callabl
             if engine.tree_digest(p.image, safety) != original:
                 raise OpsError(f"the copy {safety} differs from {data}")
         with progress.step(f"pgBackRest restore of {target.text} into {data} (delta: only what differs)"):
-            _pgbackrest_restore(s, engine, pg, data, target, delta=True)
+            _restore_from_a_compatible_set(s, engine, pg, data, target, progress)
         with progress.step("replay WAL up to the target and promote, in a recovery server that archives nothing "
                            "(until the restore is committed, the repositories see nothing of it)"):
             rec = engine.recovery_server(recovery_name(s), p.image, data, repo=_repo(s), env=_env(p),
