@@ -17,8 +17,6 @@ CONF_PATH = "/etc/pgbackrest/pgbackrest.conf"
 STANZA = "main"
 OFFHOST_KINDS = ("none", "s3")
 SCRATCH_PORT = 5499  # the drill's scratch server inside db-pitr (its own socket, no network)
-# Files of pitr/ that run inside the containers (the Dockerfile is only built).
-SCRIPTS = ("pgbackrest.sh", "pitr.sh", "mark.sql", "checksums.sql", "mark-ready.sh")
 
 _ENDPOINT = re.compile(r"(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)(?::(?P<port>[0-9]{1,5}))?")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")

@@ -868,9 +868,7 @@ def _with_archiving(spec: ContainerSpec, p: PitrSettings) -> ContainerSpec:
 
 def pitr_files(p: PitrSettings) -> tuple[tuple[str, str], ...]:
     conf = pitr_model.pgbackrest_conf(p, f"/{PROJECT}")
-    return ((pitr_model.CONF_PATH, conf),
-            *((f"{pitr_model.PITR_TARGET}/{name}", (pitr_model.PITR_SOURCE / name).read_text(encoding="utf-8"))
-              for name in pitr_model.SCRIPTS))
+    return ((pitr_model.CONF_PATH, conf), *_script_files(pitr_model.PITR_SOURCE, pitr_model.PITR_TARGET))
 
 
 def _pitr_spec(prefix: str, db: _Db, run: _Runtime, p: PitrSettings) -> ContainerSpec:
