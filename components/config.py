@@ -10,7 +10,7 @@ import pulumi.runtime
 
 from model.settings import (
     PROJECT,
-    S3_SECRETS,
+    SUPPLIED_SECRETS,
     USER_SECRETS,
     ConfigError,
     StackSettings,
@@ -43,15 +43,15 @@ def read_stack_config(stack: str) -> tuple[StackSettings, dict[str, pulumi.Outpu
         refuse_plaintext_passwords({k for k in raw if k not in secret_keys})
         settings = load_settings(raw, stack)
         check_user_passwords(raw)
-        if settings.pitr and settings.pitr.s3:
-            for spec in S3_SECRETS:
-                if spec.config_key not in raw:
-                    raise ConfigError(f"config key '{PROJECT}:{spec.config_key}' is unset; allowed: the "
-                                      f"{spec.description}, set with `pulumi config set --secret "
-                                      f"{spec.config_key}` (pitrOffhost is s3)")
+        kind = settings.pitr.offhost_kind if settings.pitr else "none"
+        for spec in settings.supplied_secrets:
+            if spec.config_key not in raw:
+                raise ConfigError(f"config key '{PROJECT}:{spec.config_key}' is unset; allowed: the "
+                                  f"{spec.description}, set with `pulumi config set --secret "
+                                  f"{spec.config_key}` (pitrOffhost is {kind})")
     except ConfigError as err:
         raise pulumi.RunError(str(err)) from None
     config = pulumi.Config(PROJECT)
-    provided = {s.name: config.require_secret(s.config_key) for s in (*USER_SECRETS, *S3_SECRETS)
+    provided = {s.name: config.require_secret(s.config_key) for s in (*USER_SECRETS, *SUPPLIED_SECRETS)
                 if s.config_key in raw}
     return settings, provided

@@ -16,6 +16,7 @@ from model.settings import (
     VOL_PITR_REPO,
     VOL_PITR_SCRATCH,
     VOL_PITR_SOCKET,
+    VOL_PITR_WALSTREAM,
     VOL_PROVISION_STATE,
     StackSettings,
 )
@@ -31,7 +32,7 @@ class DatabaseArgs:
 
 _VOLUME_ROLES = {VOL_DATA: "data", VOL_APP_CREDENTIALS: "app-credentials", VOL_PROVISION_STATE: "provision-state",
                  VOL_BACKUPS: "backups", VOL_PITR_REPO: "pgbackrest", VOL_PITR_SOCKET: "socket",
-                 VOL_PITR_SCRATCH: "pitr-scratch"}
+                 VOL_PITR_SCRATCH: "pitr-scratch", VOL_PITR_WALSTREAM: "walstream"}
 
 
 class Database(pulumi.ComponentResource):
@@ -88,11 +89,20 @@ class Database(pulumi.ComponentResource):
                            passwords=args.passwords, volume_names=self.volume_names),
             opts=replace_opts(self),
         )
+        before_provision: list[pulumi.Resource] = [self.server]
+        if s.wal_receiver:
+            # Commits wait for it: it runs before anything writes (the provisioning job first).
+            before_provision.append(docker.Container(
+                f"{name}-walreceiver",
+                container_args(s.wal_receiver, s, image=self.server_image, network_names=args.network_names,
+                               passwords=args.passwords, volume_names=self.volume_names),
+                opts=replace_opts(self, depends_on=[self.server]),
+            ))
         self.provision = docker.Container(
             f"{name}-provision",
             container_args(s.provision, s, image=image.image_id, network_names=args.network_names,
                            passwords=args.passwords, volume_names=self.volume_names),
-            opts=replace_opts(self, depends_on=[self.server]),
+            opts=replace_opts(self, depends_on=before_provision),
         )
         self.container_name = self.server.name
         self.volume_name = self.volume_names[VOL_DATA]

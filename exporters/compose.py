@@ -24,7 +24,6 @@ from exporters import swarm_stack
 from model import swarm as swarm_model
 from model.settings import (
     PROJECT,
-    S3_SECRETS,
     SECRET_APP_DB,
     SECRETS,
     SECURITY_OPTS,
@@ -106,9 +105,14 @@ def compose_document(s: StackSettings, app_context: Path = APP_CONTEXT,
         "postgres": _service(s.postgres, s, postgres_image, pitr_build if s.pitr else None, {}),
         # Started with the server: the job itself waits until the server accepts connections (the probe
         # of its healthcheck; provision/provision.sh), which spares compose's half-second health polling.
-        "db-provision": _service(s.provision, s, s.postgres_image, None,
-                                 {"postgres": {"condition": "service_started"}}),
+        "db-provision": _service(s.provision, s, s.postgres_image, None, {
+            "postgres": {"condition": "service_started"},
+            # Commits wait for the synchronous receiver: it runs before anything writes.
+            **({s.wal_receiver.service: {"condition": "service_started"}} if s.wal_receiver else {})}),
     }
+    if s.wal_receiver:
+        services[s.wal_receiver.service] = {"image": postgres_image, "pull_policy": "never", **_service(
+            s.wal_receiver, s, postgres_image, None, {"postgres": {"condition": "service_started"}})}
     # One build for the three services: only the first carries `build`; the others run the image it tags.
     # Three builds of one tag leave containers labelled with images the tag no longer names, and the next
     # `up -d` (a rotation, say) would then recreate them all.
@@ -265,11 +269,12 @@ def export(stack: str, out: Path, project_dir: Path = PROJECT_DIR, ca_bundle: Pa
     _check_out_dir(out)
     _check_secret_dir(secret_dir)
     os.chmod(secret_dir, 0o700)
-    if settings.pitr and settings.pitr.s3:
-        missing = [spec.name for spec in S3_SECRETS if not (secret_dir / spec.name).is_file()]
-        if missing:
-            raise ExportError(f"pitrOffhost is s3: put the object store's keys in {secret_dir}/"
-                              f"{' and '.join(missing)} (mode 0444, one line each, no newline) and export again")
+    missing = [spec.name for spec in settings.supplied_secrets if not (secret_dir / spec.name).is_file()]
+    if missing and settings.pitr:
+        raise ExportError(f"pitrOffhost is {settings.pitr.offhost_kind}: put the "
+                          f"{' and the '.join(s.description for s in settings.supplied_secrets)} in {secret_dir}/"
+                          f"{' and '.join(missing)} (mode 0444; the keys one line each, no newline) and export "
+                          "again")
     created = []
     for spec in settings.generated_secrets:
         path = secret_dir / spec.name

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from model import pitr as pitr_model
-from model.pitr import PitrSettings, S3Repo
+from model.pitr import PitrSettings, S3Repo, SftpRepo
 
 PROJECT = "stock-analyzer"
 ENVIRONMENTS = ("dev", "prod")
@@ -70,6 +70,7 @@ VOL_DATA, VOL_APP_CREDENTIALS, VOL_PROVISION_STATE = "postgres_data", "app_crede
 VOL_BACKUPS = "backups"
 # With pitr: the local pgBackRest repository, the server socket shared with db-pitr, the drill's scratch.
 VOL_PITR_REPO, VOL_PITR_SOCKET, VOL_PITR_SCRATCH = "pgbackrest", "pg_socket", "pitr_scratch"
+VOL_PITR_WALSTREAM = "pg_walstream"  # with pitrSyncReceiver: the receiver's WAL, on a volume of its own
 PITR_MARKS_DIR = "/var/lib/pgbackrest/marks"
 # Scheduled logical backups (backup/backup.sh), in their own volume: protected with the data in prod.
 BACKUP_DIR = "/var/lib/backups"
@@ -149,6 +150,10 @@ USER_SECRETS = tuple(s for s in SECRETS if s.configurable)
 SECRET_S3_KEY = SecretSpec("pitr_s3_key", "pitrS3AccessKey", "access key of the off-host object store")
 SECRET_S3_KEY_SECRET = SecretSpec("pitr_s3_key_secret", "pitrS3SecretKey", "secret key of the off-host object store")
 S3_SECRETS = (SECRET_S3_KEY, SECRET_S3_KEY_SECRET)
+# Supplied too (with pitrOffhost: sftp): the SSH login's private key, the only secret here with newlines.
+SECRET_SFTP_KEY = SecretSpec("pitr_sftp_key", "pitrSftpPrivateKey", "private key of the off-host SSH login")
+OFFHOST_SECRETS = {"s3": S3_SECRETS, "sftp": (SECRET_SFTP_KEY,)}
+SUPPLIED_SECRETS = (*S3_SECRETS, SECRET_SFTP_KEY)
 
 
 @dataclass(frozen=True)
@@ -283,8 +288,8 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
               "168"),
     ConfigKey("pitrRetentionDays", "integer", "pitr: days the local repository keeps full backups (and the WAL "
               "they need).", "14"),
-    ConfigKey("pitrOffhost", "string", "pitr: the off-host repository: none or s3 (an S3-compatible object "
-              "store, encrypted with a generated key).", "none"),
+    ConfigKey("pitrOffhost", "string", "pitr: the off-host repository, encrypted with a generated key: none, s3 "
+              "(an S3-compatible object store) or sftp (a directory on another machine over SSH).", "none"),
     ConfigKey("pitrS3Endpoint", "string", "pitr with s3: the object store's HTTPS endpoint, host[:port].", ""),
     ConfigKey("pitrS3Bucket", "string", "pitr with s3: the bucket (it must exist).", ""),
     ConfigKey("pitrS3Region", "string", "pitr with s3: the region.", "us-east-1"),
@@ -294,6 +299,18 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
               "35"),
     *(ConfigKey(s.config_key, "string", f"pitr with s3: the {s.description}, set with --secret.", None,
                 secret=True) for s in S3_SECRETS),
+    ConfigKey("pitrSftpHost", "string", "pitr with sftp: the SSH server, host[:port] (port 22 unless given).", ""),
+    ConfigKey("pitrSftpUser", "string", "pitr with sftp: the login on that server.", "pgbackrest"),
+    ConfigKey("pitrSftpPath", "string", "pitr with sftp: the repository's directory there (absolute; it must "
+              "exist and be the login's).", "/var/lib/pgbackrest"),
+    ConfigKey("pitrSftpHostFingerprint", "string", "pitr with sftp: SHA-256 of the server's host key, 64 hex "
+              "digits (docs/recovery.md shows how to compute it; a key that differs is refused).", ""),
+    ConfigKey(SECRET_SFTP_KEY.config_key, "string", "pitr with sftp: the SSH login's private key (PEM or "
+              "OpenSSH format, without passphrase), set with --secret.", None, secret=True),
+    ConfigKey("pitrSyncReceiver", "boolean", "pitr: stream WAL to a receiver (pg_receivewal) on a volume of its "
+              "own and make each commit wait until it has the WAL on disk: no acknowledged write lost with the "
+              "data volume, at a cost in commit latency, and commits wait while the receiver is down "
+              "(docs/recovery.md).", "false"),
     ConfigKey("target", "string", "Where the stack runs: single (one Docker engine) or swarm (a Swarm cluster "
               "reached through DOCKER_HOST; docs/swarm.md).", "single"),
     ConfigKey("swarmEndpointMode", "string", "swarm: vip (ingress routing mesh) or dnsrr (edge proxy published "
@@ -386,6 +403,7 @@ class StackSettings:
     swarm: SwarmSettings | None = None  # set when target is swarm
     pitr: PitrSettings | None = None  # set when pitr is on
     pitr_runner: ContainerSpec | None = None  # db-pitr: base backups and drills (with pitr)
+    wal_receiver: ContainerSpec | None = None  # db-walreceiver (with pitrSyncReceiver)
     # Volumes created with driver options (the shared socket is a tmpfs): logical name -> options.
     volume_driver_opts: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -407,7 +425,8 @@ class StackSettings:
     @property
     def containers(self) -> tuple[ContainerSpec, ...]:
         return (self.postgres, self.provision, *self.apps, self.backup,
-                *((self.pitr_runner,) if self.pitr_runner else ()))
+                *((self.pitr_runner,) if self.pitr_runner else ()),
+                *((self.wal_receiver,) if self.wal_receiver else ()))
 
     @property
     def app_group(self) -> str:
@@ -423,12 +442,12 @@ class StackSettings:
     @property
     def generated_secrets(self) -> tuple[SecretSpec, ...]:
         """What this stack generates: the passwords, and with an off-host repository its cipher key."""
-        return (*SECRETS, *((SECRET_PITR_CIPHER,) if self.pitr and self.pitr.s3 else ()))
+        return (*SECRETS, *((SECRET_PITR_CIPHER,) if self.pitr and self.pitr.offhost else ()))
 
     @property
     def supplied_secrets(self) -> tuple[SecretSpec, ...]:
-        """What only the user can give: the object store's keys."""
-        return S3_SECRETS if self.pitr and self.pitr.s3 else ()
+        """What only the user can give: the object store's keys, or the SSH login's key."""
+        return OFFHOST_SECRETS[self.pitr.offhost_kind] if self.pitr and self.pitr.offhost else ()
 
 
 def _fail(key: str, value: object, allowed: str) -> ConfigError:
@@ -548,9 +567,12 @@ def _check_unknown_keys(raw: Mapping[str, str]) -> None:
 
 def _check_characters(raw: Mapping[str, str]) -> None:
     """No control or format character in any value: a trailing newline in a role name would reach SQL."""
-    secret_keys = {s.config_key for s in USER_SECRETS}
+    secret_keys = {s.config_key for s in (*USER_SECRETS, *SUPPLIED_SECRETS)}
     for key in sorted(raw):
-        bad = next((c for c in raw[key] if unicodedata.category(c).startswith("C")), None)
+        # A private key's lines end in newlines; nothing else may.
+        newline_ok = key == SECRET_SFTP_KEY.config_key
+        bad = next((c for c in raw[key] if unicodedata.category(c).startswith("C")
+                    and not (newline_ok and c == "\n")), None)
         if bad is not None:
             shown = "<secret>" if key in secret_keys else repr(raw[key])
             raise ConfigError(f"config key '{PROJECT}:{key}' has invalid value {shown}: no control or format "
@@ -626,7 +648,8 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         raise _fail("pitr", "true", f"false with {PROJECT}:target swarm (point-in-time recovery runs on the single "
                     "host today; the swarm's replicated database is docs/swarm.md's)")
     volumes = [VOL_DATA, VOL_APP_CREDENTIALS, VOL_PROVISION_STATE, VOL_BACKUPS,
-               *((VOL_PITR_REPO, VOL_PITR_SOCKET, VOL_PITR_SCRATCH) if pitr else ())]
+               *((VOL_PITR_REPO, VOL_PITR_SOCKET, VOL_PITR_SCRATCH) if pitr else ()),
+               *((VOL_PITR_WALSTREAM,) if pitr and pitr.sync_receiver else ())]
     return StackSettings(
         project=project,
         stack=stack,
@@ -659,6 +682,7 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         swarm=swarm,
         pitr=pitr,
         pitr_runner=_pitr_spec(prefix, db, run, pitr) if pitr else None,
+        wal_receiver=_receiver_spec(prefix, db, run, pitr) if pitr and pitr.sync_receiver else None,
         volume_driver_opts={VOL_PITR_SOCKET: {
             "type": "tmpfs", "device": "tmpfs",
             "o": f"size=1m,uid={POSTGRES_UID},gid={POSTGRES_UID},mode=0775"}} if pitr else {},
@@ -848,7 +872,8 @@ def _pitr_env(p: PitrSettings) -> dict[str, str]:
 
 def _pitr_secrets(p: PitrSettings) -> tuple[SecretMount, ...]:
     # Only the off-host repository is encrypted: the local one lives beside the data it copies.
-    return tuple(SecretMount(spec, POSTGRES_UID) for spec in ((SECRET_PITR_CIPHER, *S3_SECRETS) if p.s3 else ()))
+    offhost = (SECRET_PITR_CIPHER, *OFFHOST_SECRETS[p.offhost_kind]) if p.offhost else ()
+    return tuple(SecretMount(spec, POSTGRES_UID) for spec in offhost)
 
 
 def _with_archiving(spec: ContainerSpec, p: PitrSettings) -> ContainerSpec:
@@ -910,10 +935,51 @@ def _pitr_spec(prefix: str, db: _Db, run: _Runtime, p: PitrSettings) -> Containe
     )
 
 
+def receiver_env(db_name: str, superuser: str) -> dict[str, str]:
+    """What pitr/walstream.sh reads, in db-walreceiver and in a restore's collect step."""
+    return {
+        "PGDATA": PGDATA,
+        "PGDATABASE": db_name,
+        "PGUSER": superuser,
+        "PITR_SOCKET_DIR": pitr_model.SOCKET_DIR,
+        "WALSTREAM_DIR": pitr_model.WALSTREAM_DIR,
+        "WALSTREAM_NAME": pitr_model.RECEIVER_NAME,
+        "WALSTREAM_SLOT": pitr_model.RECEIVER_SLOT,
+    }
+
+
+def _receiver_spec(prefix: str, db: _Db, run: _Runtime, p: PitrSettings) -> ContainerSpec:
+    """db-walreceiver: pg_receivewal by the shared socket into its own volume; the server's commits wait for
+    its flush. Healthy when the server names it its synchronous standby."""
+    return ContainerSpec(
+        service="db-walreceiver",
+        container_name=f"{prefix}-db-walreceiver",
+        entrypoint=("sh", f"{pitr_model.PITR_TARGET}/walstream.sh"),
+        command=("run",),
+        env=tuple(sorted(receiver_env(db.name, db.superuser).items())),
+        secrets=(),
+        ports=(),
+        healthcheck=Healthcheck(test=("CMD", "sh", f"{pitr_model.PITR_TARGET}/walstream.sh", "health"),
+                                interval_s=10, timeout_s=5, retries=3, start_period_s=60,
+                                start_interval_ms=START_INTERVAL_MS),
+        memory_mb=BACKUP_MEMORY_MB,
+        restart=run.restart,
+        max_retries=run.max_retries,
+        user=f"{POSTGRES_UID}:{POSTGRES_UID}",
+        uploads=pitr_files(p),
+        pids_limit=64,
+        stop_grace_s=10,
+        mounts=(VolumeMount(VOL_PITR_SOCKET, pitr_model.SOCKET_DIR),
+                VolumeMount(VOL_PITR_WALSTREAM, pitr_model.WALSTREAM_DIR)),
+    )
+
+
 def _pitr(r: _Reader, prod: bool, db: _Db, postgres_image: str, project: str) -> PitrSettings:
     """Archiving, schedules, retention by age, and the off-host repository."""
     offhost = r.choice("pitrOffhost", pitr_model.OFFHOST_KINDS)
-    s3 = None
+    repo: S3Repo | SftpRepo | None = None
+    if offhost == "sftp":
+        repo = _sftp(r)
     if offhost == "s3":
         host, port = r.parsed("pitrS3Endpoint", pitr_model.parse_endpoint,
                               "the object store's HTTPS endpoint as host or host:port, e.g. s3.example.com")
@@ -924,17 +990,30 @@ def _pitr(r: _Reader, prod: bool, db: _Db, postgres_image: str, project: str) ->
         verify = r.boolean("pitrS3VerifyTls")
         if prod and not verify:
             raise _fail("pitrS3VerifyTls", "false", "true in prod (an unverified endpoint can be anyone's)")
-        s3 = S3Repo(host, port, bucket, region, verify, r.integer("pitrOffhostRetentionDays", 1, 3650))
+        repo = S3Repo(host, port, bucket, region, verify, r.integer("pitrOffhostRetentionDays", 1, 3650))
     return PitrSettings(
         archive_timeout_s=r.integer("pitrArchiveTimeoutSeconds", 1, 3600),
         full_interval_h=r.integer("pitrFullIntervalHours", 1, 24 * 90),
         diff_interval_h=r.integer("pitrDiffIntervalHours", 1, 24 * 90),
         drill_interval_h=r.integer("pitrDrillIntervalHours", 1, 24 * 90),
         local_retention_days=r.integer("pitrRetentionDays", 1, 3650),
-        s3=s3,
+        offhost=repo,
         superuser=db.superuser,
         image=pitr_model.pitr_image(postgres_image, project),
+        sync_receiver=r.boolean("pitrSyncReceiver"),
     )
+
+
+def _sftp(r: _Reader) -> SftpRepo:
+    host, port = r.parsed("pitrSftpHost", pitr_model.parse_sftp_host,
+                          "the SSH server as host or host:port, e.g. backups.example.com or 10.0.0.5:2222")
+    user = r.parsed("pitrSftpUser", lambda v: v if pitr_model.valid_sftp_user(v) else _raise(),
+                    "a login name: a-z _ then up to 31 of a-z 0-9 _ -")
+    path = r.parsed("pitrSftpPath", lambda v: v if pitr_model.valid_sftp_path(v) else _raise(),
+                    "an absolute path of A-Z a-z 0-9 . _ - between slashes, without . or .. parts")
+    fingerprint = r.parsed("pitrSftpHostFingerprint", lambda v: v if pitr_model.valid_fingerprint(v) else _raise(),
+                           "the SHA-256 of the server's host key as 64 lowercase hex digits (docs/recovery.md)")
+    return SftpRepo(host, port, user, path, fingerprint, r.integer("pitrOffhostRetentionDays", 1, 3650))
 
 
 def _provision_spec(prefix: str, db: _Db) -> ContainerSpec:

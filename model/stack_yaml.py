@@ -9,10 +9,11 @@ from typing import Any
 
 import yaml
 
-from model.settings import PROJECT, S3_SECRETS, USER_SECRETS, ConfigError, StackSettings, load_settings
+from model.settings import PROJECT, SUPPLIED_SECRETS, USER_SECRETS, ConfigError, StackSettings, load_settings
 
-# Keys whose values are credentials: set only as secrets; unset (empty) means generate, or for S3 keys, absent.
-_SECRET_KEYS = (*USER_SECRETS, *S3_SECRETS)
+# Keys whose values are credentials: set only as secrets; unset (empty) means generate, or for the off-host
+# repository's keys, absent.
+_SECRET_KEYS = (*USER_SECRETS, *SUPPLIED_SECRETS)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PREFIX = f"{PROJECT}:"

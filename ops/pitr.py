@@ -17,7 +17,17 @@ import docker.errors
 from docker.models.containers import Container
 
 from model import pitr as pitr_model
-from model.settings import DB_ALIAS, PGDATA, POSTGRES_UID, VOL_DATA, VOL_PITR_REPO, StackSettings, pitr_files
+from model.settings import (
+    DB_ALIAS,
+    PGDATA,
+    POSTGRES_UID,
+    VOL_DATA,
+    VOL_PITR_REPO,
+    VOL_PITR_WALSTREAM,
+    StackSettings,
+    pitr_files,
+    receiver_env,
+)
 from ops.engine import Engine, OpsError, Progress
 
 PITR_SCRIPT = f"{pitr_model.PITR_TARGET}/pitr.sh"
@@ -257,7 +267,7 @@ def restore_live(s: StackSettings, engine: Engine, target: Target, stop: Callabl
                        f"{2 * used / 2**20:.0f} MiB (the safety copy and the restored data); nothing changed")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     safety = f"{data}_pre-pitr-{stamp}"
-    progress = Progress(8 if pg.status == "running" else 7)
+    progress = Progress((8 if pg.status == "running" else 7) + (1 if p.sync_receiver else 0))
     running = [c for c in engine.stack_containers(s.stack) if c.status == "running"]
     progress.say(f"restoring {data} to {target.text}; stopping {len(running)} container(s) (downtime starts)")
     if pg.status == "running":
@@ -272,6 +282,7 @@ def restore_live(s: StackSettings, engine: Engine, target: Target, stop: Callabl
     policy = engine.restart_policy(pg, NO_RESTART)
     started = time.monotonic()
     original: str | None = None
+    collected = False
     try:
         with progress.step("stop the stack's containers"):
             stop(running)
@@ -283,6 +294,12 @@ def restore_live(s: StackSettings, engine: Engine, target: Target, stop: Callabl
                 raise OpsError(f"the copy {safety} differs from {data}")
         with progress.step(f"pgBackRest restore of {target.text} into {data} (delta: only what differs)"):
             _restore_from_a_compatible_set(s, engine, pg, data, target, progress)
+        if p.sync_receiver:
+            with progress.step("add the receiver's WAL (every acknowledged commit): its completed segments into the "
+                               "repositories, its partial one into pg_wal; its directory set aside for a new "
+                               "stream"):
+                collected = True
+                progress.say("    " + _walstream(s, engine, pg, "collect", stamp))
         with progress.step("replay WAL up to the target and promote, in a recovery server that archives nothing "
                            "(until the restore is committed, the repositories see nothing of it)"):
             rec = engine.recovery_server(recovery_name(s), p.image, data, repo=_repo(s), env=_env(p),
@@ -303,6 +320,12 @@ def restore_live(s: StackSettings, engine: Engine, target: Target, stop: Callabl
     except BaseException as err:
         engine.remove_container(recovery_name(s))
         engine.restart_policy(pg, policy)
+        if collected:
+            try:
+                _walstream(s, engine, pg, "uncollect", stamp)
+            except (OpsError, docker.errors.DockerException) as back:
+                progress.say(f"    the receiver's WAL stays in superseded-{stamp} of {s.volumes[VOL_PITR_WALSTREAM]} "
+                             f"({back}); a restore --to-latest again still finds it in the repositories")
         raise OpsError(_undo(s, engine, progress, pg, running, safety, original, err, start_again)) from None
     # Committed: from here on a failure is reported, never undone (the repositories follow the new timeline).
     engine.restart_policy(pg, policy)
@@ -352,6 +375,17 @@ def recovery_name(s: StackSettings) -> str:
 
 def _env(p: pitr_model.PitrSettings) -> dict[str, str]:
     return {"PITR_REPOS": " ".join(map(str, p.repos))}
+
+
+def _walstream(s: StackSettings, engine: Engine, pg: Container, action: str, stamp: str) -> str:
+    """pitr/walstream.sh beside the restored data directory, the repositories and the receiver's volume."""
+    p = require_pitr(s)
+    env = [f"{k}={v}" for k, v in {**receiver_env(s.db_name, s.db_superuser), **_env(p)}.items()]
+    out = engine.run(p.image, ["env", *env, "sh", f"{pitr_model.PITR_TARGET}/walstream.sh", action, stamp],
+                     {s.volumes[VOL_DATA]: (PGDATA, "rw"), s.volumes[VOL_PITR_REPO]: (pitr_model.REPO_DIR, "rw"),
+                      s.volumes[VOL_PITR_WALSTREAM]: (pitr_model.WALSTREAM_DIR, "rw")},
+                     user=f"{POSTGRES_UID}:{POSTGRES_UID}", files=_files(s, pg), network=s.networks["backend"])
+    return next((line for line in reversed(out.splitlines()) if line.startswith("collected:")), "done")
 
 
 def _mark_ready(s: StackSettings, engine: Engine, pg: Container, volume: str, timeline: int, current: str) -> None:
