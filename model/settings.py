@@ -917,6 +917,7 @@ def _pitr_spec(prefix: str, db: _Db, run: _Runtime, p: PitrSettings) -> Containe
             "PITR_DIFF_INTERVAL_S": str(p.diff_interval_h * 3600),
             "PITR_DRILL_INTERVAL_S": str(p.drill_interval_h * 3600),
             "PITR_SWITCH_S": str(p.archive_timeout_s),
+            **({"PITR_RECEIVER": pitr_model.RECEIVER_NAME} if p.sync_receiver else {}),
         }.items())),
         secrets=_pitr_secrets(p),
         ports=(),

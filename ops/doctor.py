@@ -180,7 +180,7 @@ class Doctor:
             return  # the container check above says so
         _, out = self.engine.sh(c, "sh /pitr/pitr.sh status", user="", check=False, stdout_only=True)
         yield from pitr_findings(dict(line.split("=", 1) for line in out.splitlines() if "=" in line),
-                                 self.s.pitr.repos, self.s.stack)
+                                 self.s.pitr.repos, self.s.stack, self.s.wal_receiver)
 
     def _ports(self) -> Iterator[Finding]:
         for spec in self.s.containers:
@@ -292,7 +292,8 @@ except Exception as err:
 ARCHIVE_LAG_WARN_S = 300
 
 
-def pitr_findings(st: dict[str, str], repos: tuple[int, ...], stack: str) -> Iterator[Finding]:
+def pitr_findings(st: dict[str, str], repos: tuple[int, ...], stack: str,
+                  receiver: ContainerSpec | None = None) -> Iterator[Finding]:
     for repo in repos:
         k = f"backup-repo{repo}"
         result, label = st.get(f"{k}.result"), st.get(f"{k}.label") or "none"
@@ -308,6 +309,12 @@ def pitr_findings(st: dict[str, str], repos: tuple[int, ...], stack: str) -> Ite
     yield Finding(WARN if lag > ARCHIVE_LAG_WARN_S else OK, "WAL archive",
                   f"{ready} segment(s) waiting, oldest {lag} s",
                   "" if lag <= ARCHIVE_LAG_WARN_S else "read the server's docker logs: archive_command fails")
+    if receiver is not None:
+        state = st.get("archive.receiver", "unknown")
+        yield (Finding(OK, "WAL receiver", "synchronous: a commit returns once its WAL is on the receiver's disk")
+               if state == "sync" else
+               Finding(FAIL, "WAL receiver", f"{state}, not synchronous: commits wait until it streams again",
+                       f"docker logs {receiver.container_name}; docker start {receiver.container_name}"))
     drill = st.get("drill.result")
     if drill == "failed":
         yield Finding(FAIL, "restore drill", f"failed: {st.get('drill.detail', '')}",

@@ -163,8 +163,14 @@ archive_status() {
   read -r failed archived last_failed <<EOF
 $stats
 EOF
+  # With the synchronous receiver: the state the server sees it in (sync, or none while commits wait).
+  receiver=-
+  if [ -n "${PITR_RECEIVER:-}" ]; then
+    receiver=$(sql -d "$PGDATABASE" -c "SELECT coalesce((SELECT sync_state FROM pg_stat_replication
+      WHERE application_name = '$PITR_RECEIVER' LIMIT 1), 'none')" 2>/dev/null || echo unknown)
+  fi
   write_status archive "ready=$ready" "lag_seconds=$lag" "failed_count=$failed" "last_archived=$archived" \
-    "last_failed=$last_failed" "time=$(now)"
+    "last_failed=$last_failed" "receiver=$receiver" "time=$(now)"
 }
 
 due() {  # $1 status file, $2 interval: never done, done longer ago than the interval, or failed and due a retry

@@ -18,6 +18,7 @@ name="${WALSTREAM_NAME:-walreceiver}"
 slot="${WALSTREAM_SLOT:-stock_walreceiver}"
 conninfo="host=${PITR_SOCKET_DIR:-/var/run/postgresql} user=${PGUSER:-postgres} application_name=$name"
 keep_superseded=3
+here=$(cd "$(dirname "$0")" && pwd)
 
 log() { echo "walstream: $*" >&2; }
 
@@ -78,7 +79,7 @@ collect() {
     base=${f##*/}
     if wal_name "$base"; then
       # pgBackRest keeps what a repository already has (a segment the server archived itself, its copy).
-      if ! out=$(sh /pitr/pgbackrest.sh --stanza=main archive-push "$f" 2>&1); then
+      if ! out=$(sh "$here/pgbackrest.sh" --stanza=main archive-push "$f" 2>&1); then
         case "$out" in
           *"[045]"*) log "$base: the repository has the server's own copy (kept)";;
           *) echo "$out" >&2; log "archive-push of $base failed"; exit 1;;

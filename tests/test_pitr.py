@@ -262,7 +262,8 @@ def _status(tmp_path: Path, drill: str = "ok") -> tuple[str, str]:
     d.mkdir()
     (d / "backup-repo1").write_text("result=ok\nlabel=20261201-000000F\ntype=full\ntime=1796000000\n")
     (d / "backup-repo2").write_text("result=failed\nlabel=\ntype=full\ntime=1796000100\n")
-    (d / "archive").write_text("ready=3\nlag_seconds=42\nfailed_count=7\nlast_archived=1\nlast_failed=2\ntime=9\n")
+    (d / "archive").write_text("ready=3\nlag_seconds=42\nfailed_count=7\nlast_archived=1\nlast_failed=2\n"
+                               "receiver=none\ntime=9\n")
     (d / "drill").write_text(f"result={drill}\nrepo=1\nlabel=x\ntime=1796000200\nseconds=5\ndetail=d\n")
     (tmp_path / "status").write_text("last_good=2026-12-01T00:00:00Z\nlast_result=ok\n")
     return str(tmp_path / "status"), str(d)
@@ -279,6 +280,7 @@ def test_metrics_from_the_status_files(tmp_path: Path) -> None:
     assert samples['stock_pitr_last_backup_timestamp_seconds{repo="2"}'] == "1796000100"
     assert samples["stock_pitr_archive_lag_seconds"] == "42" and samples["stock_pitr_archive_failed_total"] == "7"
     assert samples["stock_pitr_last_drill_success"] == "0"
+    assert samples["stock_pitr_receiver_synchronous"] == "0"  # receiver=none: commits wait
     assert samples["stock_backup_last_good_timestamp_seconds"] == "1796083200"  # 2026-12-01T00:00:00Z
     assert "# TYPE stock_pitr_archive_failed_total counter" in text
     # Without pitr, only the logical backups' metrics.

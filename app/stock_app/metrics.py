@@ -74,6 +74,10 @@ def _pitr(d: Path) -> list[str]:
                      [("", _num(archive.get("lag_seconds")))])
     lines += _metric("stock_pitr_archive_failed_total", "counter", "Failed archive attempts (pg_stat_archiver).",
                      [("", _num(archive.get("failed_count")))])
+    if archive.get("receiver", "-") != "-":
+        lines += _metric("stock_pitr_receiver_synchronous", "gauge", "1 while the synchronous WAL receiver streams "
+                         "(with pitrSyncReceiver; while 0, commits wait).",
+                         [("", 1.0 if archive.get("receiver") == "sync" else 0.0)])
     lines += _metric("stock_pitr_archive_status_timestamp_seconds", "gauge", "When db-pitr last read the archive "
                      "state (a stale value means db-pitr is not running).", [("", _num(archive.get("time")))])
     lines += _metric("stock_pitr_last_drill_timestamp_seconds", "gauge", "When the last restore drill ended.",

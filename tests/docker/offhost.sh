@@ -3,9 +3,12 @@
 # reachable from the host and from containers (routed through the host), running an S3-compatible object
 # store: moto's server on the namespace's loopback, behind HAProxy terminating HTTPS with a self-signed
 # certificate made here (as object stores sit behind a TLS load balancer; Werkzeug's own TLS ends
-# connections without close_notify, which OpenSSL 3 clients such as pgBackRest refuse). Run as root.
+# connections without close_notify, which OpenSSL 3 clients such as pgBackRest refuse). And an SSH server
+# (OpenSSH's sshd, key login only, the SFTP subsystem alone, chrooted into the state directory's sftp/, whose
+# repo/ is the repository's directory). Run as root.
 #
-#   offhost.sh up      create the namespace and start the store; prints: endpoint=IP:PORT ca=FILE
+#   offhost.sh up      create the namespace and start the store and sshd; prints: endpoint=IP:PORT ca=FILE
+#                      sftp=IP:22 sftp_fingerprint=SHA256HEX sftp_key=FILE (the login's private key)
 #   offhost.sh cut     the machine is gone from the network (its link goes down); `heal` brings it back
 #   offhost.sh heal
 #   offhost.sh down    stop the store, remove the namespace, the veth and the state directory
@@ -56,11 +59,52 @@ CFG
     done
     curl -sk -o /dev/null "https://$IP:$PORT/" || { tail -n 5 "$RUN/log" >&2; echo "offhost: store did not start" >&2; exit 1; }
   fi
-  echo "endpoint=$IP:$PORT ca=$RUN/cert.pem"
+  sftp
+  echo "endpoint=$IP:$PORT ca=$RUN/cert.pem sftp=$IP:22 sftp_fingerprint=$(fingerprint)" \
+    "sftp_key=$RUN/sftp_login_key"
+}
+
+# pgBackRest's form of the host key's fingerprint: SHA-256 of the key blob, hex.
+fingerprint() { awk '{print $2}' "$RUN/ssh_host_ed25519_key.pub" | base64 -d | sha256sum | cut -d' ' -f1; }
+
+sftp() {
+  if [ ! -s "$RUN/ssh_host_ed25519_key" ]; then
+    ssh-keygen -q -t ed25519 -N '' -C sa-offhost -f "$RUN/ssh_host_ed25519_key"
+    ssh-keygen -q -t ed25519 -N '' -C pgbackrest -f "$RUN/sftp_login_key"
+    install -m 0600 "$RUN/sftp_login_key.pub" "$RUN/authorized_keys"
+    # The chroot and each directory above it: root's, writable by nobody else (sshd's rule).
+    install -d -m 0755 "$RUN/sftp" "$RUN/sftp/repo"
+    cat > "$RUN/sshd_config" <<CFG
+ListenAddress $IP:22
+HostKey $RUN/ssh_host_ed25519_key
+PidFile $RUN/sshd.pid
+AuthorizedKeysFile $RUN/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+AllowUsers root
+UsePAM no
+AllowTcpForwarding no
+X11Forwarding no
+PermitTTY no
+Subsystem sftp internal-sftp
+ForceCommand internal-sftp
+ChrootDirectory $RUN/sftp
+CFG
+  fi
+  if [ ! -s "$RUN/sshd.pid" ] || ! kill -0 "$(cat "$RUN/sshd.pid")" 2>/dev/null; then
+    mkdir -p /run/sshd
+    ip netns exec "$NS" /usr/sbin/sshd -f "$RUN/sshd_config" -E "$RUN/sshd.log"
+    for _ in $(seq 1 50); do
+      if ip netns exec "$NS" bash -c "exec 3<>/dev/tcp/$IP/22" 2>/dev/null; then return 0; fi
+      sleep 0.1
+    done
+    tail -n 5 "$RUN/sshd.log" >&2; echo "offhost: sshd did not start" >&2; exit 1
+  fi
 }
 
 down() {
-  for f in "$RUN/pid" "$RUN/haproxy.pid"; do
+  for f in "$RUN/pid" "$RUN/haproxy.pid" "$RUN/sshd.pid"; do
     if [ -s "$f" ]; then kill "$(cat "$f")" 2>/dev/null || true; fi
   done
   ip link del "$HOSTIF" 2>/dev/null || true
