@@ -31,8 +31,8 @@ from model.stack_yaml import settings_from_file  # noqa: E402
 from ops.__main__ import main as ops  # noqa: E402
 from tests.docker.compose_support import Stack  # noqa: E402
 from tests.docker.conftest import ca_bundle  # noqa: E402
+from tests.docker.pitr_support import BUCKET, OFFHOST_ENDPOINT, S3_KEY, S3_SECRET, make_bucket, offhost  # noqa: E402
 from tests.docker.support import sh  # noqa: E402
-from tests.docker.test_pitr import BUCKET, OFFHOST_ENDPOINT, S3_KEY, S3_SECRET, _bucket, _offhost  # noqa: E402
 
 STACK = "pitrbench"
 
@@ -78,15 +78,15 @@ def main() -> int:
     ap.add_argument("--replay-s", type=int, default=120)
     ap.add_argument("--pgbench-s", type=int, default=30)
     a = ap.parse_args()
-    _offhost("down")
-    _offhost("up")
+    offhost("down")
+    offhost("up")
     with tempfile.TemporaryDirectory(prefix="pitr-bench-") as tmp:
         project = _project(Path(tmp))
         out = project / "out"
         s = settings_from_file(STACK, project)
         st = Stack(out, s)
         try:
-            _bucket()
+            make_bucket()
             (out / "secrets").mkdir(parents=True, mode=0o700)
             for name, value in (("pitr_s3_key", S3_KEY), ("pitr_s3_key_secret", S3_SECRET)):
                 (out / "secrets" / name).write_text(value)
@@ -98,7 +98,7 @@ def main() -> int:
             for v in sh("docker", "volume", "ls", "-q", "--filter", f"label=stock-analyzer.stack={STACK}",
                         check=False).stdout.split():
                 sh("docker", "volume", "rm", "-f", v, check=False)
-            _offhost("down")
+            offhost("down")
     return 0
 
 

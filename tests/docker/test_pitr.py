@@ -9,49 +9,41 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import yaml
 
 from exporters import compose
-from model.settings import PITR_STATUS_DIR, VOL_BACKUPS, VOL_DATA, VOL_PITR_REPO, StackSettings
+from model.settings import PITR_STATUS_DIR, VOL_BACKUPS, VOL_PITR_REPO
 from model.stack_yaml import settings_from_file
 from tests.docker.compose_support import Stack
 from tests.docker.conftest import ca_bundle
+from tests.docker.pitr_support import (
+    BUCKET,
+    OFFHOST_ENDPOINT,
+    S3_KEY,
+    S3_SECRET,
+    Pitr,
+    Writes,
+    destroy_data_volume,
+    fingerprint,
+    make_bucket,
+    offhost,
+    safety_copies,
+    utc,
+)
 from tests.docker.standins import ensure_image
-from tests.docker.support import http, one_error_line, run_ops, sh, wait_for, wait_healthy
+from tests.docker.support import http, one_error_line, sh, wait_for, wait_healthy
 
 pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 STACK = "pitrtest"
 ARCHIVE_TIMEOUT_S = 10
-OFFHOST_ENDPOINT = "10.231.50.2:9443"  # tests/docker/offhost.sh
-BUCKET = "stock-backups"
-# The test store accepts any keys; these are its own, never a real credential.
-S3_KEY, S3_SECRET = "stock-test-key", "stock-test-secret-key-0000"  # pragma: allowlist secret
 RESULTS: dict[str, object] = {}
-
-
-def _offhost(*args: str) -> str:
-    return sh("bash", str(HERE / "offhost.sh"), *args, env={**os.environ, "OFFHOST_PYTHON": sys.executable},
-              timeout=120).stdout
-
-
-def _bucket() -> None:
-    import boto3  # type: ignore[import-untyped]
-    import urllib3
-
-    urllib3.disable_warnings()
-    s3 = boto3.client("s3", endpoint_url=f"https://{OFFHOST_ENDPOINT}", aws_access_key_id=S3_KEY,
-                      aws_secret_access_key=S3_SECRET, region_name="us-east-1", verify=False)
-    s3.create_bucket(Bucket=BUCKET)
 
 
 def _project(tmp: Path) -> Path:
@@ -66,46 +58,16 @@ def _project(tmp: Path) -> Path:
     return tmp
 
 
-@dataclass
-class Pitr:
-    st: Stack
-    s: StackSettings
-    project: Path
-
-    def ops(self, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-        return run_ops(capsys, *argv, "--stack", STACK, "--project", str(self.project))
-
-    def psql(self, sql: str) -> str:
-        return sh("docker", "exec", self.s.postgres.container_name, "psql", "-X", "-A", "-t", "-q", "-U", "postgres",
-                  "-d", self.s.db_name, "-c", sql, timeout=60).stdout.strip()
-
-    def days(self, symbol: str) -> set[str]:
-        assert symbol.isalnum()
-        return set(self.psql(f"SELECT day FROM stock_prices WHERE symbol = '{symbol}'").split())  # noqa: S608
-
-    def status(self, name: str) -> dict[str, str]:
-        assert self.s.pitr_runner is not None
-        out = sh("docker", "exec", self.s.pitr_runner.container_name, "cat", f"{PITR_STATUS_DIR}/{name}",
-                 check=False).stdout
-        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-
-    def pitr_sh(self, *args: str, check: bool = True) -> tuple[int, str]:
-        assert self.s.pitr_runner is not None
-        r = sh("docker", "exec", self.s.pitr_runner.container_name, "sh", "/pitr/pitr.sh", *args, check=check,
-               timeout=300)
-        return r.returncode, r.stdout + r.stderr
-
-
 @pytest.fixture(scope="module")
 def pitr(docker_cli: str, base_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pitr]:
     ensure_image("postgres:17.6-trixie")
-    _offhost("down")
-    _offhost("up")
+    offhost("down")
+    offhost("up")
     project = _project(tmp_path_factory.mktemp("pitr-project"))
     s = settings_from_file(STACK, project)
     out = project / "out"
     try:
-        _bucket()
+        make_bucket()
         (out / "secrets").mkdir(parents=True, mode=0o700)
         for name, value in (("pitr_s3_key", S3_KEY), ("pitr_s3_key_secret", S3_SECRET)):
             (out / "secrets" / name).write_text(value)
@@ -121,7 +83,7 @@ def pitr(docker_cli: str, base_images: dict[str, str], tmp_path_factory: pytest.
             sh("docker", "volume", "rm", "-f", volume, check=False)
         st = Stack(out, s)
         st.up()
-        p = Pitr(st, s, project)
+        p = Pitr(st, s, project, STACK)
         wait_for("the first full base backups in both repositories",
                  lambda: p.status("backup-repo1").get("result") == "ok"
                  and p.status("backup-repo2").get("result") == "ok", timeout_s=180, interval_s=1)
@@ -133,55 +95,10 @@ def pitr(docker_cli: str, base_images: dict[str, str], tmp_path_factory: pytest.
             for v in sh("docker", "volume", "ls", "-q", "--filter", f"label=stock-analyzer.stack={STACK}",
                         check=False).stdout.split():
                 sh("docker", "volume", "rm", "-f", v, check=False)
-            _offhost("down")
+            offhost("down")
         if RESULTS:
             print("\n*** PITR figures: " + ", ".join(f"{k}={v}" for k, v in RESULTS.items()) + " ***",
                   file=sys.stderr)
-
-
-@dataclass
-class Writes:
-    """A bounded write loop: one new day per request; what the API acknowledged (201), with when."""
-
-    st: Stack
-    symbol: str
-    max_requests: int = 3000
-    max_seconds: float = 90
-    acked: list[tuple[str, float, float]] = field(default_factory=list)  # (day, sent, acknowledged)
-    failed: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def _run(self) -> None:
-        started = time.monotonic()
-        for i in range(self.max_requests):
-            if self._stop.is_set() or time.monotonic() - started > self.max_seconds:
-                break
-            day = (date(2000, 1, 1) + timedelta(days=i)).isoformat()
-            sent = time.time()
-            code, _ = http("POST", self.st.url("api", "/prices"), {"symbol": self.symbol, "day": day,
-                                                                    "close": "1.5"}, timeout_s=3)
-            if code == 201:
-                self.acked.append((day, sent, time.time()))
-            else:
-                self.failed += 1
-                time.sleep(0.05)
-            time.sleep(0.01)
-
-    def __enter__(self) -> Writes:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def wait_acked(self, n: int) -> None:
-        wait_for(f"{n} acknowledged writes", lambda: len(self.acked) >= n, timeout_s=60, interval_s=0.1)
-
-
-def _utc(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
 
 
 def test_a_drill_on_its_schedule_turns_red_on_a_damaged_backup(pitr: Pitr, capsys: pytest.CaptureFixture[str]) -> None:
@@ -236,7 +153,7 @@ def test_restore_to_the_second_before_a_bad_write(pitr: Pitr, capsys: pytest.Cap
     pitr.psql("UPDATE stock_prices SET close = 0 WHERE symbol = 'GOOD'")
     acked_before = {d for d, _, ack in w.acked if ack < good}
     sent_after = {d for d, sent, _ in w.acked if sent > good}
-    code, out, err = pitr.ops(capsys, "restore", "--to-time", _utc(good), "--yes")
+    code, out, err = pitr.ops(capsys, "restore", "--to-time", utc(good), "--yes")
     assert code == 0, err
     assert "reached: last commit replayed" in out
     days = pitr.days("GOOD")
@@ -248,36 +165,22 @@ def test_restore_to_the_second_before_a_bad_write(pitr: Pitr, capsys: pytest.Cap
     RESULTS["to_time_rows_kept"] = len(acked_before)
 
 
-def _fingerprint(pitr: Pitr) -> str:
-    """Every table's rows and checksum, the timeline and the cluster's identity."""
-    rows = sh("docker", "exec", pitr.s.postgres.container_name, "psql", "-X", "-A", "-t", "-q", "-U", "postgres",
-              "-d", pitr.s.db_name, "-f", "/pitr/checksums.sql").stdout
-    ident = pitr.psql("SELECT system_identifier FROM pg_control_system()")
-    timeline = pitr.psql("SELECT timeline_id FROM pg_control_checkpoint()")
-    return "\n".join((rows, ident, timeline))
-
-
-def _safety_copies() -> set[str]:
-    out = sh("docker", "volume", "ls", "-q", "--filter", "label=stock-analyzer.pitr-safety-copy-of").stdout
-    return set(out.split())
-
-
 @pytest.mark.parametrize("step", range(1, 9))
 def test_a_failed_restore_at_any_step_leaves_the_database_as_it_was(
         pitr: Pitr, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, step: int) -> None:
     code, _ = http("POST", pitr.st.url("api", "/prices"), {"symbol": "STEP", "day": f"2002-01-{step:02d}",
                                                             "close": "1"})
     assert code == 201
-    before = _fingerprint(pitr)
-    copies = _safety_copies()
+    before = fingerprint(pitr)
+    copies = safety_copies()
     monkeypatch.setenv("OPS_FAIL_AFTER", str(step))
     code, _, err = pitr.ops(capsys, "restore", "--to-latest", "--yes")
     monkeypatch.delenv("OPS_FAIL_AFTER")
     assert code == 1 and "restore failed" in one_error_line(err), err
     wait_healthy([pitr.s.postgres.container_name], timeout_s=60)
-    assert _fingerprint(pitr) == before
+    assert fingerprint(pitr) == before
     assert not sh("docker", "ps", "-aq", "--filter", "name=pitr-recovery").stdout.strip()
-    assert _safety_copies() == copies, "a failed restore that put everything back leaves no copy behind"
+    assert safety_copies() == copies, "a failed restore that put everything back leaves no copy behind"
     wait_for("the API writing again", lambda: http("POST", pitr.st.url("api", "/prices"), {
         "symbol": "STEP", "day": f"2003-01-{step:02d}", "close": "1"})[0] == 201, timeout_s=60, interval_s=0.5)
     if step == 8:
@@ -300,27 +203,11 @@ def test_a_named_base_backup_from_the_local_repository(pitr: Pitr, capsys: pytes
     assert pitr.days("STEP") == days, "the row written after the base backup is not part of it"
 
 
-def _destroy_data_volume(pitr: Pitr, also: tuple[str, ...] = ()) -> float:
-    """SIGKILL the server, remove it and every container that mounts the volumes, remove the volumes, and
-    recreate the containers (empty volumes), as `up` would after a lost disk. Returns when it was killed."""
-    s = pitr.s
-    killed = time.time()
-    sh("docker", "kill", "-s", "KILL", s.postgres.container_name)
-    volumes = [s.volumes[VOL_DATA], *(s.volumes[v] for v in also)]
-    users = sorted({c for v in volumes for c in sh("docker", "ps", "-aq", "--filter", f"volume={v}").stdout.split()})
-    sh("docker", "rm", "-f", *users)
-    for v in volumes:
-        sh("docker", "volume", "rm", v)
-    pitr.st.compose("up", "--no-start", "--no-deps", s.postgres.service, s.provision.service, s.backup.service,
-                    *(c.service for c in s.apps), s.pitr_runner.service)  # type: ignore[union-attr]
-    return killed
-
-
 def test_the_data_volume_destroyed_under_writes(pitr: Pitr, capsys: pytest.CaptureFixture[str]) -> None:
     with Writes(pitr.st, "LOST") as w:
         w.wait_acked(100)
         time.sleep(2 * ARCHIVE_TIMEOUT_S + 3)  # longer than archive_timeout: some of it must have been archived
-        killed = _destroy_data_volume(pitr)
+        killed = destroy_data_volume(pitr)
     acked = {d: ack for d, _, ack in w.acked if ack < killed}
     started = time.monotonic()
     code, _, err = pitr.ops(capsys, "restore", "--to-latest", "--yes")
@@ -341,7 +228,7 @@ def test_the_host_lost_restore_from_the_offhost_copy_alone(pitr: Pitr, capsys: p
         w.wait_acked(200)
         time.sleep(ARCHIVE_TIMEOUT_S + 3)  # what is archived by now is off-host too
         w.wait_acked(len(w.acked) + 20)
-        killed = _destroy_data_volume(pitr, also=(VOL_PITR_REPO, VOL_BACKUPS))
+        killed = destroy_data_volume(pitr, also=(VOL_PITR_REPO, VOL_BACKUPS))
     acked = {d: ack for d, _, ack in w.acked if ack < killed}
     started = time.monotonic()
     code, _, err = pitr.ops(capsys, "restore", "--to-latest", "--repo", "2", "--yes")
