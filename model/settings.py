@@ -670,7 +670,7 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
                               "a size with unit k, m or g, e.g. 10m"),
         log_max_file=r.integer("logMaxFile", 1, 100),
         postgres=_postgres_spec(prefix, db, run, bindings, pitr),
-        provision=_provision_spec(prefix, db),
+        provision=_provision_spec(prefix, db, local_commits=bool(pitr and pitr.sync_receiver)),
         apps=_app_specs(prefix, environment, db, run, bindings, admin_user, pitr is not None),
         backup=_backup_spec(prefix, db, run, backups),
         postgres_major=images.postgres_major,
@@ -1017,7 +1017,10 @@ def _sftp(r: _Reader) -> SftpRepo:
     return SftpRepo(host, port, user, path, fingerprint, r.integer("pitrOffhostRetentionDays", 1, 3650))
 
 
-def _provision_spec(prefix: str, db: _Db) -> ContainerSpec:
+def _provision_spec(prefix: str, db: _Db, local_commits: bool = False) -> ContainerSpec:
+    """`local_commits` (with the synchronous receiver): the job's own commits do not wait for it. Roles and
+    grants are made again by every run, so they need no RPO 0; and a deploy onto a new empty cluster finishes
+    while the receiver refuses to mix that cluster into the WAL it holds (docs/recovery.md)."""
     return ContainerSpec(
         service="db-provision",
         container_name=f"{prefix}-db-provision",
@@ -1042,6 +1045,7 @@ def _provision_spec(prefix: str, db: _Db) -> ContainerSpec:
             "PROVISION_WAIT_S": str(POSTGRES_START_PERIOD_S),
             "BACKUP_DIR": BACKUP_DIR,
             "BACKUP_UID": str(POSTGRES_UID),
+            **({"PGOPTIONS": "-c synchronous_commit=local"} if local_commits else {}),
         }.items())),
         secrets=tuple(SecretMount(spec, 0)
                       for spec in (SECRET_POSTGRES, SECRET_APP_DB, SECRET_BACKUP_DB, SECRET_POSTGRES_BOOTSTRAP)),

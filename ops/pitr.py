@@ -210,6 +210,22 @@ def _restore_from_a_compatible_set(s: StackSettings, engine: Engine, pg: Contain
     raise first
 
 
+def _same_cluster(s: StackSettings, engine: Engine, pg: Container) -> bool:
+    """Whether the running server is the cluster the repositories hold (pgBackRest refuses to archive any
+    other's WAL); True when no repository knows a cluster yet."""
+    code, ident = _psql(pg, s, "SELECT system_identifier FROM pg_control_system()")
+    if code != 0 or not ident.isdigit():
+        raise OpsError(f"cannot read the server's system identifier ({ident or 'no answer'})")
+    p = require_pitr(s)
+    out = engine.run(p.image, ["env", f"PITR_REPOS={_env(p)['PITR_REPOS']}", "sh",
+                               f"{pitr_model.PITR_TARGET}/pgbackrest.sh", "--stanza=main", "--output=json",
+                               "--log-level-console=off", "info"],
+                     {s.volumes[VOL_PITR_REPO]: (pitr_model.REPO_DIR, "ro")}, user=f"{POSTGRES_UID}:{POSTGRES_UID}",
+                     files=_files(s, pg), network=s.networks["backend"])
+    known = set(re.findall(r'"system-id":([0-9]+)', out))
+    return not known or ident in known
+
+
 def _backup_sets(s: StackSettings, engine: Engine, pg: Container, repo: str) -> list[str]:
     """Labels of a repository's base backups, oldest first."""
     p = require_pitr(s)
@@ -222,8 +238,10 @@ def _backup_sets(s: StackSettings, engine: Engine, pg: Container, repo: str) -> 
 
 
 def _psql(c: Container, s: StackSettings, query: str) -> tuple[int, str]:
+    # Its own commits never wait for the synchronous receiver: a restore must work while it is away.
     code, out = c.exec_run(["psql", "-X", "-A", "-t", "-q", "-h", pitr_model.SOCKET_DIR, "-U", s.db_superuser,
-                            "-d", s.db_name, "-c", query], user="postgres", demux=True)
+                            "-d", s.db_name, "-c", query], user="postgres", demux=True,
+                           environment={"PGOPTIONS": "-c synchronous_commit=local"})
     return int(code or 0), (out[0] or b"").decode().strip() if isinstance(out, tuple) else ""
 
 
@@ -274,7 +292,12 @@ def restore_live(s: StackSettings, engine: Engine, target: Target, stop: Callabl
         try:
             with progress.step("archive the server's newest WAL (a clean stop does not), so nothing written is "
                                "left behind"):
-                archive_now(pg, s)
+                if _same_cluster(s, engine, pg):
+                    archive_now(pg, s)
+                else:
+                    progress.say("    the running server is a new cluster, not the one the repositories hold (the "
+                                 "volume was lost and initialised again): nothing of it is archived; its data "
+                                 "goes into the safety copy")
         except OpsError as err:
             raise OpsError(f"restore failed ({err}); nothing changed") from None
     # The server exits by itself when recovery fails: its restart policy would start it again on the volume

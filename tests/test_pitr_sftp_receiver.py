@@ -141,6 +141,9 @@ def test_the_server_waits_for_the_receiver_it_names() -> None:
     assert "postgres_data" not in mounts, "the receiver's WAL must not live on the volume it protects"
     assert dict(s.pitr_runner.env)["PITR_RECEIVER"] == "walreceiver"
     assert r in s.containers
+    # The provisioning job's own commits do not wait (a deploy onto a new empty cluster must finish).
+    assert dict(s.provision.env)["PGOPTIONS"] == "-c synchronous_commit=local"
+    assert "PGOPTIONS" not in dict(settings().provision.env)
 
 
 def test_compose_starts_the_receiver_before_anything_writes(tmp_path: Path) -> None:

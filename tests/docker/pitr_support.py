@@ -15,7 +15,7 @@ import pytest
 
 from model.settings import PITR_STATUS_DIR, VOL_DATA, StackSettings
 from tests.docker.compose_support import Stack
-from tests.docker.support import http, run_ops, sh, wait_for
+from tests.docker.support import http, run_ops, sh, wait_for, wait_healthy
 
 HERE = Path(__file__).resolve().parent
 OFFHOST_ENDPOINT = "10.231.50.2:9443"  # tests/docker/offhost.sh
@@ -134,9 +134,10 @@ def safety_copies() -> set[str]:
     return set(out.split())
 
 
-def destroy_data_volume(pitr: Pitr, also: tuple[str, ...] = ()) -> float:
+def destroy_data_volume(pitr: Pitr, also: tuple[str, ...] = (), deploy: bool = False) -> float:
     """SIGKILL the server, remove it and every container that mounts the volumes, remove the volumes, and
-    recreate the containers (empty volumes), as `up` would after a lost disk. Returns when it was killed."""
+    recreate the containers (empty volumes): created only, or with `deploy` started as the runbook's first
+    step does (`up -d`: a new empty cluster initialised and provisioned). Returns when it was killed."""
     s = pitr.s
     killed = time.time()
     sh("docker", "kill", "-s", "KILL", s.postgres.container_name)
@@ -145,5 +146,9 @@ def destroy_data_volume(pitr: Pitr, also: tuple[str, ...] = ()) -> float:
     sh("docker", "rm", "-f", *users)
     for v in volumes:
         sh("docker", "volume", "rm", v)
-    pitr.st.compose("up", "--no-start", "--no-deps", *(c.service for c in s.containers))
+    if deploy:
+        pitr.st.compose("up", "-d", timeout=300)
+        wait_healthy([c.container_name for c in s.apps], timeout_s=180)
+    else:
+        pitr.st.compose("up", "--no-start", "--no-deps", *(c.service for c in s.containers))
     return killed

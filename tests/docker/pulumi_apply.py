@@ -28,7 +28,7 @@ DOCKER_SOCK = "/var/run/docker.sock"
 KNOWN: dict[str, set[str]] = {
     "random:index/randomPassword:RandomPassword": {"length", "special", "keepers"},
     "docker:index/network:Network": {"name", "driver", "labels"},  # labels: a list of {label, value}
-    "docker:index/volume:Volume": {"name", "labels"},
+    "docker:index/volume:Volume": {"name", "labels", "driverOpts"},
     "docker:index/remoteImage:RemoteImage": {"name", "keepLocally"},
     "docker:index/image:Image": {"imageName", "build", "skipPush", "buildOnPreview"},
     "docker:index/container:Container": {
@@ -324,7 +324,8 @@ def _create(r: Resource, applied: Applied, ca_bundle: Path | None) -> None:
         applied.networks.append(i["name"])
     elif r.type == "docker:index/volume:Volume":
         labels = [f"--label={lab['label']}={lab['value']}" for lab in i.get("labels", [])]
-        sh("docker", "volume", "create", *labels, i["name"])
+        opts = [f"--opt={k}={v}" for k, v in sorted(i.get("driverOpts", {}).items())]
+        sh("docker", "volume", "create", *labels, *opts, i["name"])
         applied.volumes.append(i["name"])
     elif r.type == "docker:index/remoteImage:RemoteImage":
         if sh("docker", "image", "inspect", i["name"], check=False).returncode != 0:
@@ -340,7 +341,7 @@ def _create(r: Resource, applied: Applied, ca_bundle: Path | None) -> None:
         started = time.monotonic()
         sh("docker", "buildx", "build", "--load", *args, *extra, "-t", i["imageName"],
            "-f", str(ROOT / b["dockerfile"]), str(ROOT / b["context"]), timeout=900)
-        applied.timings["image build"] = time.monotonic() - started
+        applied.timings[f"image build {i['imageName']}"] = time.monotonic() - started
         image_id = sh("docker", "image", "inspect", "-f", "{{.Id}}", i["imageName"]).stdout.strip()
         applied.real[r.state["repoDigest"]] = image_id
     elif r.type == "docker:index/container:Container":

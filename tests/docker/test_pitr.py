@@ -207,7 +207,7 @@ def test_the_data_volume_destroyed_under_writes(pitr: Pitr, capsys: pytest.Captu
     with Writes(pitr.st, "LOST") as w:
         w.wait_acked(100)
         time.sleep(2 * ARCHIVE_TIMEOUT_S + 3)  # longer than archive_timeout: some of it must have been archived
-        killed = destroy_data_volume(pitr)
+        killed = destroy_data_volume(pitr, deploy=True)  # as the runbook: deploy (a new empty cluster), restore
     acked = {d: ack for d, _, ack in w.acked if ack < killed}
     started = time.monotonic()
     code, _, err = pitr.ops(capsys, "restore", "--to-latest", "--yes")
