@@ -45,8 +45,8 @@ def read_stack_config(stack: str) -> tuple[StackSettings, dict[str, pulumi.Outpu
         check_user_passwords(raw)
         kind = settings.pitr.offhost_kind if settings.pitr else "none"
         for spec in settings.supplied_secrets:
-            if spec.config_key not in raw:
-                raise ConfigError(f"config key '{PROJECT}:{spec.config_key}' is unset; allowed: the "
+            if not raw.get(spec.config_key, "").strip():
+                raise ConfigError(f"config key '{PROJECT}:{spec.config_key}' is unset or empty; allowed: the "
                                   f"{spec.description}, set with `pulumi config set --secret "
                                   f"{spec.config_key}` (pitrOffhost is {kind})")
     except ConfigError as err:

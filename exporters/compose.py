@@ -269,7 +269,8 @@ def export(stack: str, out: Path, project_dir: Path = PROJECT_DIR, ca_bundle: Pa
     _check_out_dir(out)
     _check_secret_dir(secret_dir)
     os.chmod(secret_dir, 0o700)
-    missing = [spec.name for spec in settings.supplied_secrets if not (secret_dir / spec.name).is_file()]
+    missing = [spec.name for spec in settings.supplied_secrets if not (secret_dir / spec.name).is_file()
+               or not (secret_dir / spec.name).read_text().strip()]
     if missing and settings.pitr:
         raise ExportError(f"pitrOffhost is {settings.pitr.offhost_kind}: put the "
                           f"{' and the '.join(s.description for s in settings.supplied_secrets)} in {secret_dir}/"

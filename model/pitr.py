@@ -105,7 +105,7 @@ def valid_region(value: str) -> bool:
 def parse_sftp_host(value: str) -> tuple[str, int]:
     """host[:port] of an SSH server (port 22 unless given); raises ValueError for anything else."""
     m = _ENDPOINT.fullmatch(value)
-    if not m:
+    if not m or ".." in m["host"]:
         raise ValueError(value)
     port = int(m["port"] or 22)
     if not 1 <= port <= 65535:

@@ -644,6 +644,9 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
     swarm = _swarm_settings(r, bindings) if target == "swarm" else None
     prefix = f"{project}-{stack}"
     pitr = _pitr(r, prod, db, images.postgres, project) if r.boolean("pitr") else None
+    if not pitr and r.boolean("pitrSyncReceiver"):
+        raise _fail("pitrSyncReceiver", "true", f"false unless {PROJECT}:pitr is true (the receiver is part of "
+                    "point-in-time recovery; without it nothing would protect the writes it is asked to)")
     if pitr and swarm:
         raise _fail("pitr", "true", f"false with {PROJECT}:target swarm (point-in-time recovery runs on the single "
                     "host today; the swarm's replicated database is docs/swarm.md's)")
@@ -917,6 +920,7 @@ def _pitr_spec(prefix: str, db: _Db, run: _Runtime, p: PitrSettings) -> Containe
             "PITR_DIFF_INTERVAL_S": str(p.diff_interval_h * 3600),
             "PITR_DRILL_INTERVAL_S": str(p.drill_interval_h * 3600),
             "PITR_SWITCH_S": str(p.archive_timeout_s),
+            "PITR_RECEIVER_SLOT": pitr_model.RECEIVER_SLOT,  # dropped when the receiver is off (pitr.sh)
             **({"PITR_RECEIVER": pitr_model.RECEIVER_NAME} if p.sync_receiver else {}),
         }.items())),
         secrets=_pitr_secrets(p),

@@ -346,9 +346,10 @@ def restore_live(s: StackSettings, engine: Engine, target: Target, stop: Callabl
         if collected:
             try:
                 _walstream(s, engine, pg, "uncollect", stamp)
-            except (OpsError, docker.errors.DockerException) as back:
+            except Exception as back:  # the undo below must run whatever this was
                 progress.say(f"    the receiver's WAL stays in superseded-{stamp} of {s.volumes[VOL_PITR_WALSTREAM]} "
-                             f"({back}); a restore --to-latest again still finds it in the repositories")
+                             f"({back}); every file of it is in the repositories already, the partial segment "
+                             "too (as .partial)")
         raise OpsError(_undo(s, engine, progress, pg, running, safety, original, err, start_again)) from None
     # Committed: from here on a failure is reported, never undone (the repositories follow the new timeline).
     engine.restart_policy(pg, policy)

@@ -206,12 +206,22 @@ run() {
   return "$rc"
 }
 
+# A receiver turned off (pitrSyncReceiver: false) leaves its slot behind: inactive, it would make the server
+# keep every WAL segment from then on, until the disk is full. Dropped here when no receiver is configured.
+drop_abandoned_slot() {
+  [ -z "${PITR_RECEIVER:-}" ] && [ -n "${PITR_RECEIVER_SLOT:-}" ] || return 0
+  dropped=$(sql -d "$PGDATABASE" -c "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots
+    WHERE slot_name = '$PITR_RECEIVER_SLOT' AND NOT active" 2>/dev/null) || return 0
+  [ "$dropped" = 0 ] || log "dropped the replication slot $PITR_RECEIVER_SLOT of a receiver no longer configured"
+}
+
 loop() {
   mkdir -p "$status_dir" "$marks"
   switcher & switcher_pid=$!
   until run stanza; do log "waiting for the server and the repositories"; run sleep 10; done
   while :; do
     run archive_status || log "archive status unavailable"
+    run drop_abandoned_slot
     if full_due; then
       if run backup full; then write_status schedule "full_time=$(now)"; fi
     elif due backup-repo1 "$PITR_DIFF_INTERVAL_S"; then

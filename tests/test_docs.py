@@ -17,7 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-MODULES = {"exporters.compose", "ops", "bench.bench", "bench.data_bench", "bench.pitr_bench", "tests.docker.standins",
+MODULES = {"exporters.compose", "ops", "bench.bench", "bench.data_bench", "bench.pitr_bench", "bench.receiver_bench",
+           "tests.docker.standins",
            "stock_app"}
 # Every package of the project: `python -m components.compose` (the name before the layout of issue 19)
 # is one of ours, and no CLI any more.

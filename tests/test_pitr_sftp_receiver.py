@@ -49,14 +49,32 @@ def test_sftp_repository_pins_the_host_key_and_is_encrypted() -> None:
             "pitr_cipher_key", "pitr_sftp_key"}
 
 
-def test_the_wrapper_hands_pgbackrest_the_key_file_when_there_is_one() -> None:
-    text = (ROOT / "pitr" / "pgbackrest.sh").read_text()
-    assert 'PGBACKREST_REPO2_SFTP_PRIVATE_KEY_FILE="$secrets/pitr_sftp_key"' in text
+def test_the_wrapper_hands_pgbackrest_the_key_file_when_there_is_one(tmp_path: Path) -> None:
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "pgbackrest").write_text("#!/bin/sh\nenv | grep '^PGBACKREST_' | sort\n")
+    (fake / "pgbackrest").chmod(0o755)
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "pitr_cipher_key").write_text("c" * 64)
+
+    def env_of() -> dict[str, str]:
+        out = subprocess.run(["sh", str(ROOT / "pitr" / "pgbackrest.sh"), "info"], capture_output=True, text=True,
+                             env={"PATH": f"{fake}:{os.environ['PATH']}", "PITR_SECRETS_DIR": str(secrets),
+                                  "PITR_REPOS": "1 2"}, timeout=30, check=True).stdout
+        return dict(line.split("=", 1) for line in out.splitlines())
+
+    assert "PGBACKREST_REPO2_SFTP_PRIVATE_KEY_FILE" not in env_of()
+    (secrets / "pitr_sftp_key").write_text(KEY_TEXT)
+    got = env_of()
+    assert got["PGBACKREST_REPO2_SFTP_PRIVATE_KEY_FILE"] == str(secrets / "pitr_sftp_key")
+    assert got["PGBACKREST_REPO2_CIPHER_PASS"] == "c" * 64 and "PGBACKREST_REPO2_S3_KEY" not in got
 
 
 @pytest.mark.parametrize(("key", "value"), [
     ("pitrSftpHost", "backup.example.com:0"), ("pitrSftpHost", "ssh://backup.example.com"),
-    ("pitrSftpHost", "backup.example.com:22/x"), ("pitrSftpHostFingerprint", "a6" * 31),
+    ("pitrSftpHost", "backup.example.com:22/x"), ("pitrSftpHost", "backup..example.com"),
+    ("pitrSftpHostFingerprint", "a6" * 31),
     ("pitrSftpHostFingerprint", "A6" * 32), ("pitrSftpHostFingerprint", "a6" * 32 + "00"),
     ("pitrSftpHostFingerprint", "SHA256:7Vgxu+dogH8Thfo2rU/sVkpNLWm0Plypdf9Ty4kPIB0"),
     ("pitrSftpUser", "Root"), ("pitrSftpUser", "a b"), ("pitrSftpPath", "relative/dir"),
@@ -66,6 +84,11 @@ def test_bad_sftp_values_name_key_value_and_what_is_allowed(key: str, value: str
     with pytest.raises(ConfigError) as err:
         settings(**{**SFTP, key: value})
     assert key in str(err.value) and value in str(err.value)
+
+
+def test_the_receiver_without_pitr_is_refused_not_ignored() -> None:
+    with pytest.raises(ConfigError, match="pitrSyncReceiver"):
+        load_settings({"environment": "dev", "pitrSyncReceiver": "true"}, "dev")
 
 
 def test_the_fingerprint_is_required() -> None:
@@ -100,6 +123,9 @@ def test_compose_with_sftp_needs_the_login_key_from_the_user(tmp_path: Path) -> 
     with pytest.raises(compose.ExportError, match="pitr_sftp_key"):
         compose.export("t", tmp_path / "out", project_dir=project)
     assert not (tmp_path / "out" / "compose.yaml").exists()
+    (tmp_path / "out" / "secrets" / "pitr_sftp_key").write_text("\n")
+    with pytest.raises(compose.ExportError, match="pitr_sftp_key"):
+        compose.export("t", tmp_path / "out", project_dir=project)
     (tmp_path / "out" / "secrets" / "pitr_sftp_key").write_text(KEY_TEXT)
     created = compose.export("t", tmp_path / "out", project_dir=project)
     assert created.count("pitr_cipher_key") == 1
@@ -114,6 +140,9 @@ def _config(extra: dict[str, str]) -> dict[str, str]:
 def test_program_with_sftp_requires_the_key_as_a_secret() -> None:
     with pytest.raises(Exception, match="pitrSftpPrivateKey"):
         run_program("dev", _config(SFTP))
+    with pytest.raises(Exception, match=r"pitrSftpPrivateKey' is unset or empty"):
+        run_program("dev", {**_config(SFTP), f"{PROJECT}:pitrSftpPrivateKey": ""},
+                    secret_keys=("pitrSftpPrivateKey",))
     rec = run_program("dev", {**_config(SFTP), f"{PROJECT}:pitrSftpPrivateKey": KEY_TEXT},
                       secret_keys=("pitrSftpPrivateKey",))
     uploads = {u["file"]: u for u in plain(rec.named("database-server").inputs["uploads"])}
@@ -190,15 +219,20 @@ def _walstream(bin_dir: Path, env: dict[str, str], *args: str) -> subprocess.Com
                           timeout=30, check=False)
 
 
-def test_collect_pushes_completed_segments_and_replays_the_partial_one(tmp_path: Path) -> None:
+def test_collect_pushes_history_then_segments_then_the_partial_one_and_replays_them(tmp_path: Path) -> None:
     bin_dir, stream, env = _fake_tree(tmp_path)
     r = _walstream(bin_dir, env, "collect", "S1")
     assert r.returncode == 0, r.stderr
     pushed = (tmp_path / "pushed").read_text().splitlines()
+    # The history first: without it a recovery cannot follow the timeline the segments are on.
     assert [line.split()[-1].rsplit("/", 1)[-1] for line in pushed] == [
-        "000000010000000000000003", "000000010000000000000004"]
+        "00000002.history", "000000010000000000000003", "000000010000000000000004",
+        "000000010000000000000005.partial"]
     assert all(line.startswith("--stanza=main archive-push ") for line in pushed)
-    assert (tmp_path / "data" / "pg_wal" / "000000010000000000000005").read_bytes() == b"p" * 64
+    wal = tmp_path / "data" / "pg_wal"
+    assert (wal / "000000010000000000000005").read_bytes() == b"p" * 64
+    assert (wal / "000000010000000000000003").read_bytes() == b"w" * 64  # this recovery needs no repository
+    assert not (wal / "00000002.history").exists()
     assert not [f for f in stream.iterdir() if f.is_file()], "a new stream starts in an empty directory"
     assert {f.name for f in (stream / "superseded-S1").iterdir()} == {
         "000000010000000000000003", "000000010000000000000004", "00000002.history",
@@ -213,7 +247,7 @@ def test_collect_keeps_what_a_repository_has_already_and_fails_on_anything_else(
     assert (stream / "superseded-S1" / "000000010000000000000003").exists()
     bin_dir2, stream2, env2 = _fake_tree(tmp_path / "b", push_rc=1, push_out="ERROR: [039]: unable to connect")
     r = _walstream(bin_dir2, env2, "collect", "S2")
-    assert r.returncode == 1 and "archive-push of 000000010000000000000003 failed" in r.stderr
+    assert r.returncode == 1 and "archive-push of 00000002.history failed" in r.stderr
     assert (stream2 / "000000010000000000000005.partial").exists(), "a failed collect moves nothing"
     assert not (tmp_path / "b" / "data" / "pg_wal" / "000000010000000000000005").exists()
     assert _walstream(bin_dir2, env2, "uncollect", "S2").returncode == 0
@@ -230,11 +264,53 @@ def test_uncollect_puts_the_stream_back(tmp_path: Path) -> None:
 
 def test_collect_keeps_the_newest_three_set_aside_streams(tmp_path: Path) -> None:
     bin_dir, stream, env = _fake_tree(tmp_path)
-    for old in ("superseded-20260101T000000Z", "superseded-20260201T000000Z", "superseded-20260301T000000Z"):
+    for old in ("superseded-20260101T000000Z", "superseded-20260201T000000Z", "superseded-20260301T000000Z",
+                "diverged-20250101T000000Z"):
         (stream / old).mkdir()
     assert _walstream(bin_dir, env, "collect", "20261201T000000Z").returncode == 0
     assert sorted(d.name for d in stream.iterdir()) == [
-        "superseded-20260201T000000Z", "superseded-20260301T000000Z", "superseded-20261201T000000Z"]
+        "diverged-20250101T000000Z", "superseded-20260201T000000Z", "superseded-20260301T000000Z",
+        "superseded-20261201T000000Z"]
+
+
+def _fake_receiver(tmp_path: Path, server_id: str, stream_error: str) -> tuple[Path, dict[str, str]]:
+    """psql answering a system identifier, pg_receivewal failing with `stream_error`, on PATH."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "psql").write_text(f"#!/bin/sh\necho {server_id}\n")
+    (fake / "pg_receivewal").write_text(
+        '#!/bin/sh\ncase "$*" in *--create-slot*) exit 0;; esac\n'
+        f'echo "pg_receivewal: error: {stream_error}" >&2\nexit 1\n')
+    for f in fake.iterdir():
+        f.chmod(0o755)
+    return fake, {"PATH": f"{fake}:{os.environ['PATH']}", "TMPDIR": str(tmp_path)}
+
+
+def test_a_stream_the_server_has_no_history_of_is_set_aside_not_deleted(tmp_path: Path) -> None:
+    bin_dir, stream, env = _fake_tree(tmp_path)
+    _, extra = _fake_receiver(tmp_path, "7412345", "could not send replication command \"START_REPLICATION\": "
+                                 "ERROR:  requested starting point 0/5000000 on timeline 1 is not in this server's "
+                                 "history")
+    before = {f.name: f.read_bytes() for f in stream.iterdir() if f.is_file()}
+    r = _walstream(bin_dir, {**env, **extra}, "once")
+    assert r.returncode == 0, r.stderr
+    assert not [f for f in stream.iterdir() if f.is_file()]
+    (aside,) = [d for d in stream.iterdir() if d.name.startswith("diverged-")]
+    assert {f.name: f.read_bytes() for f in aside.iterdir()} == before
+    assert "set the stream aside" in r.stderr
+
+
+def test_another_failure_or_another_cluster_leaves_the_stream_alone(tmp_path: Path) -> None:
+    bin_dir, stream, env = _fake_tree(tmp_path)
+    before = sorted(f.name for f in stream.iterdir())
+    _, extra = _fake_receiver(tmp_path, "7412345", "could not connect to server: No such file or directory")
+    assert _walstream(bin_dir, {**env, **extra}, "once").returncode == 0
+    assert sorted(f.name for f in stream.iterdir()) == before
+    (tmp_path / "bin2").mkdir()
+    _, extra = _fake_receiver(tmp_path / "bin2", "9999999", "is not in this server's history")
+    r = _walstream(bin_dir, {**env, **extra}, "once")
+    assert sorted(f.name for f in stream.iterdir()) == before, "WAL of another cluster is never set aside by it"
+    assert "holds WAL of cluster 7412345, the server is cluster 9999999" in r.stderr
 
 
 def test_doctor_fails_while_commits_wait_for_the_receiver() -> None:

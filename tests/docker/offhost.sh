@@ -64,12 +64,13 @@ CFG
     "sftp_key=$RUN/sftp_login_key"
 }
 
-# pgBackRest's form of the host key's fingerprint: SHA-256 of the key blob, hex.
-fingerprint() { awk '{print $2}' "$RUN/ssh_host_ed25519_key.pub" | base64 -d | sha256sum | cut -d' ' -f1; }
+# pgBackRest's form of the host key's fingerprint: SHA-256 of the key blob, hex. Of the ECDSA key: the server
+# has the three key types a stock OpenSSH install has, and libssh2 asks for ECDSA first.
+fingerprint() { awk '{print $2}' "$RUN/ssh_host_ecdsa_key.pub" | base64 -d | sha256sum | cut -d' ' -f1; }
 
 sftp() {
   if [ ! -s "$RUN/ssh_host_ed25519_key" ]; then
-    ssh-keygen -q -t ed25519 -N '' -C sa-offhost -f "$RUN/ssh_host_ed25519_key"
+    for type in ecdsa ed25519 rsa; do ssh-keygen -q -t "$type" -N '' -C sa-offhost -f "$RUN/ssh_host_${type}_key"; done
     ssh-keygen -q -t ed25519 -N '' -C pgbackrest -f "$RUN/sftp_login_key"
     install -m 0600 "$RUN/sftp_login_key.pub" "$RUN/authorized_keys"
     # The chroot and each directory above it: root's, writable by nobody else (sshd's rule).
@@ -77,6 +78,8 @@ sftp() {
     cat > "$RUN/sshd_config" <<CFG
 ListenAddress $IP:22
 HostKey $RUN/ssh_host_ed25519_key
+HostKey $RUN/ssh_host_ecdsa_key
+HostKey $RUN/ssh_host_rsa_key
 PidFile $RUN/sshd.pid
 AuthorizedKeysFile $RUN/authorized_keys
 PasswordAuthentication no

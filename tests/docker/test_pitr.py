@@ -143,6 +143,14 @@ def test_a_drill_on_its_schedule_turns_red_on_a_damaged_backup(pitr: Pitr, capsy
     RESULTS["drill_s"] = pitr.status("drill")["seconds"]
 
 
+def test_a_slot_left_by_a_receiver_turned_off_is_dropped(pitr: Pitr) -> None:
+    """pitrSyncReceiver set back to false leaves the receiver's slot: inactive, it would keep all WAL."""
+    pitr.psql("SELECT pg_create_physical_replication_slot('stock_walreceiver', true)")
+    wait_for("db-pitr to drop it", lambda: pitr.psql(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'stock_walreceiver'") == "0",
+        timeout_s=30, interval_s=1)
+
+
 def test_restore_to_the_second_before_a_bad_write(pitr: Pitr, capsys: pytest.CaptureFixture[str]) -> None:
     with Writes(pitr.st, "GOOD") as w:
         w.wait_acked(150)
