@@ -136,7 +136,8 @@ collect() {
   fi
   find "$dir" -mindepth 1 -maxdepth 1 -type f -exec mv -t "$aside" {} +
   # The oldest streams a restore set aside go (each is in the repositories, and was replayed by its restore).
-  ls -1d "$dir"/superseded-* 2>/dev/null | sort | head -n "-$keep_superseded" | while read -r old; do
+  find "$dir" -mindepth 1 -maxdepth 1 -type d -name 'superseded-*' | sort | head -n "-$keep_superseded" \
+    | while read -r old; do
     rm -rf "$old"
   done
   echo "collected: $pushed completed segment(s) and partial ${partial:-none} into the repositories and pg_wal"
