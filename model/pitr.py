@@ -83,15 +83,19 @@ class PitrSettings:
         return self.offhost if isinstance(self.offhost, SftpRepo) else None
 
 
-def parse_endpoint(value: str) -> tuple[str, int]:
-    """host[:port] of an S3 endpoint (HTTPS); raises ValueError for anything else."""
+def _host_port(value: str, default_port: int) -> tuple[str, int]:
     m = _ENDPOINT.fullmatch(value)
     if not m:
         raise ValueError(value)
-    port = int(m["port"] or 443)
+    port = int(m["port"] or default_port)
     if not 1 <= port <= 65535:
         raise ValueError(value)
     return m["host"], port
+
+
+def parse_endpoint(value: str) -> tuple[str, int]:
+    """host[:port] of an S3 endpoint (HTTPS); raises ValueError for anything else."""
+    return _host_port(value, 443)
 
 
 def valid_bucket(value: str) -> bool:
@@ -104,13 +108,10 @@ def valid_region(value: str) -> bool:
 
 def parse_sftp_host(value: str) -> tuple[str, int]:
     """host[:port] of an SSH server (port 22 unless given); raises ValueError for anything else."""
-    m = _ENDPOINT.fullmatch(value)
-    if not m or ".." in m["host"]:
+    host, port = _host_port(value, 22)
+    if ".." in host:
         raise ValueError(value)
-    port = int(m["port"] or 22)
-    if not 1 <= port <= 65535:
-        raise ValueError(value)
-    return m["host"], port
+    return host, port
 
 
 def valid_fingerprint(value: str) -> bool:

@@ -16,7 +16,9 @@ from exporters import compose
 from model.pitr import pgbackrest_conf
 from model.settings import ConfigError, load_settings
 from ops.doctor import FAIL, OK, pitr_findings
-from tests.pulumi_mocks import PROJECT, ROOT, committed_config, plain, run_program
+from tests.pulumi_mocks import PROJECT, ROOT, plain, run_program
+from tests.test_pitr import _pitr_config as _config
+from tests.test_pitr import _project
 
 FINGERPRINT = "a6" * 32
 SFTP = {"pitrOffhost": "sftp", "pitrSftpHost": "backup.example.com", "pitrSftpHostFingerprint": FINGERPRINT}
@@ -110,15 +112,6 @@ def test_only_the_private_key_may_hold_newlines_and_no_secret_is_echoed() -> Non
     assert "not-shown" not in str(err.value)
 
 
-def _project(tmp_path: Path, config: dict[str, str]) -> Path:
-    for d in ("app", "pitr"):
-        (tmp_path / d).symlink_to(ROOT / d)
-    shutil.copy(ROOT / "Pulumi.yaml", tmp_path / "Pulumi.yaml")
-    doc = {"config": {f"{PROJECT}:{k}": v for k, v in {"environment": "dev", "pitr": "true", **config}.items()}}
-    (tmp_path / "Pulumi.t.yaml").write_text(yaml.safe_dump(doc))
-    return tmp_path
-
-
 def test_compose_with_sftp_needs_the_login_key_from_the_user(tmp_path: Path) -> None:
     project = _project(tmp_path, SFTP)
     with pytest.raises(compose.ExportError, match="pitr_sftp_key"):
@@ -132,10 +125,6 @@ def test_compose_with_sftp_needs_the_login_key_from_the_user(tmp_path: Path) -> 
     assert created.count("pitr_cipher_key") == 1
     doc = yaml.safe_load((tmp_path / "out" / "compose.yaml").read_text())
     assert set(doc["services"]["db-pitr"]["secrets"]) == {"pitr_cipher_key", "pitr_sftp_key"}
-
-
-def _config(extra: dict[str, str]) -> dict[str, str]:
-    return {**committed_config("dev"), f"{PROJECT}:pitr": "true", **{f"{PROJECT}:{k}": v for k, v in extra.items()}}
 
 
 def test_program_with_sftp_requires_the_key_as_a_secret() -> None:
