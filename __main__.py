@@ -104,7 +104,7 @@ def swarm() -> None:
     pulumi.export("environment", settings.environment)
     pulumi.export("target", "swarm")
     pulumi.export("endpoint_mode", sw.endpoint_mode)
-    pulumi.export("published_ports", {svc: port for svc, port, _ in sw.proxy_ports})
+    pulumi.export("published_ports", {svc: port for svc, port, _ in sw.proxy_ports if sw.published(svc)})
     pulumi.export("networks", network.names)
     pulumi.export("services", {**database.service_names, **apps.service_names, **retire.service_names,
                                **edge.service_names})

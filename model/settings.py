@@ -322,6 +322,9 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("apiReplicas", "integer", f"swarm: tasks of the API service (1-{PROXY_MAX_TASKS}).", "2"),
     ConfigKey("frontendReplicas", "integer", f"swarm: tasks of the frontend service (1-{PROXY_MAX_TASKS}).", "2"),
     ConfigKey("adminReplicas", "integer", f"swarm: tasks of the admin service (1-{PROXY_MAX_TASKS}).", "1"),
+    ConfigKey("swarmPublishApi", "boolean", "swarm: publish the API's port (apiHostPort) on every address of every "
+              "node; the API takes writes without authentication, so off unless a trusted network surrounds the "
+              "cluster. The frontend is always published, the admin UI never.", "false"),
     ConfigKey("proxyImage", "string", "swarm with dnsrr: pinned HAProxy image of the edge proxy.", "haproxy:3.0"),
     *(ConfigKey(s.config_key, "string", f"Optional own {s.description}, set with --secret; generated when unset.",
                 None, secret=True)
@@ -365,6 +368,11 @@ class SwarmSettings:
     encrypted: bool
     proxy_image: str
     proxy_ports: tuple[tuple[str, int, int], ...]  # (service, published port, container port), dnsrr only
+    publish_api: bool = False  # the API's port on every node; off, it is reached through the frontend only
+
+    def published(self, service: str) -> bool:
+        """Whether `service`'s port is published (on every address of every node: Swarm has no host address)."""
+        return service == "frontend" or (service == "api" and self.publish_api)
 
     @property
     def db_constraint(self) -> str:
@@ -1129,6 +1137,7 @@ def _app_specs(prefix: str, environment: str, db: _Db, run: _Runtime, bindings: 
     )
 
 
+HOST_IP_KEYS = ("postgresHostIp", "apiHostIp", "frontendHostIp", "adminHostIp")
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,126}[a-z0-9])?")
 
 
@@ -1136,8 +1145,18 @@ def _swarm_settings(r: _Reader, bindings: dict[str, PortBinding]) -> SwarmSettin
     mode = r.choice("swarmEndpointMode", ENDPOINT_MODES)
     label = r.parsed("swarmDbNodeLabel", lambda v: v if _LABEL.fullmatch(v) else _raise(),
                      "a node label name: lower-case letters, digits, '.', '_', '-', e.g. stock-analyzer-db")
-    # Swarm publishes on every address of every node: the host addresses of the single-host target do not
-    # apply, only the ports. The admin UI is not published at all (docs/swarm.md: reach it by a tunnel).
+    # Swarm publishes on every address of every node: a host address cannot be honoured, so one set is refused
+    # rather than ignored, and the API (loopback by default) is published only when swarmPublishApi says so. Only the ports apply; the admin UI
+    # and the database are never published (docs/swarm.md: reach them by a tunnel).
+    for key in HOST_IP_KEYS:
+        # Pulumi hands the project's defaults (loopback) to every stack as set values: only another is refused.
+        if r.text(key) != KNOWN_KEYS[key].default:
+            raise _fail(key, r.raw[key], f"unset with {PROJECT}:target swarm: Swarm publishes a port on every address "
+                        f"of every node and cannot bind one address; publish the API only with {PROJECT}:"
+                        "swarmPublishApi true, reach the admin UI by a tunnel (docs/swarm.md)")
+    if "postgres" in bindings:
+        raise _fail("postgresHostPort", r.text("postgresHostPort"), f"0 with {PROJECT}:target swarm: the database "
+                    "is never published on a swarm (it would be open on every node)")
     ports = tuple((svc, bindings[svc].host_port, bindings[svc].container_port) for svc in ("api", "frontend"))
     return SwarmSettings(
         endpoint_mode=mode,
@@ -1146,6 +1165,7 @@ def _swarm_settings(r: _Reader, bindings: dict[str, PortBinding]) -> SwarmSettin
         encrypted=r.boolean("swarmEncryptOverlay"),
         proxy_image=r.image("proxyImage"),
         proxy_ports=ports,
+        publish_api=r.boolean("swarmPublishApi"),
     )
 
 

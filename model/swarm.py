@@ -278,7 +278,7 @@ def swarm_model(s: StackSettings) -> SwarmModel:
     publish = {svc: (pub, target) for svc, pub, target in sw.proxy_ports}
     for spec in s.apps:
         ports: tuple[Port, ...] = ()
-        if sw.endpoint_mode == "vip" and spec.service in publish:
+        if sw.endpoint_mode == "vip" and spec.service in publish and sw.published(spec.service):
             pub, target = publish[spec.service]
             ports = (Port(target, pub, "ingress"),)
         uses_db = "DB_CREDENTIALS_FILE" in dict(spec.env)
@@ -309,7 +309,8 @@ def _proxy_service(s: StackSettings, sw: SwarmSettings) -> ServiceSpec:
     ports = []
     for svc, pub, target in sw.proxy_ports:
         env[f"{svc.upper()}_PORT"] = str(target)
-        ports.append(Port(target, pub, "host"))
+        if sw.published(svc):  # the API's frontend listens on the overlay only unless swarmPublishApi
+            ports.append(Port(target, pub, "host"))
     labels = {"stock-analyzer.environment": s.environment, "stock-analyzer.role": "service",
               "stock-analyzer.service": PROXY_SERVICE, "stock-analyzer.stack": s.stack, **SWARM_EXCEPTIONS}
     return ServiceSpec(

@@ -24,7 +24,7 @@ from model.swarm import (
     swarm_model,
 )
 from tests.docker.pulumi_swarm_apply import SCHEMA, _check, service_spec
-from tests.pulumi_mocks import committed_config, is_secret, plain, run_program
+from tests.pulumi_mocks import ROOT, committed_config, is_secret, plain, run_program
 
 SWARM_RAW = read_stack_file("swarm")
 
@@ -43,6 +43,12 @@ def _settings(**overrides: str) -> Any:
     ("proxyImage", "haproxy:latest", "pinned by tag or digest"),
     ("appImageTag", "v1 ", "an image tag"),
     ("swarmEncryptOverlay", "yes", "true or false"),
+    ("swarmPublishApi", "1", "true or false"),
+    # Swarm publishes on every address of every node: a host address would be ignored, so it is refused.
+    ("apiHostIp", "10.0.0.5", "unset with stock-analyzer:target swarm"),
+    ("frontendHostIp", "0.0.0.0", "unset with stock-analyzer:target swarm"),
+    ("adminHostIp", "127.0.0.2", "unset with stock-analyzer:target swarm"),
+    ("postgresHostPort", "5446", "the database is never published on a swarm"),
 ])
 def test_bad_swarm_values_fail_naming_key_value_and_what_is_allowed(key: str, value: str, allowed: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -261,3 +267,24 @@ def test_the_swarm_program_and_stack_file_are_deterministic(tmp_path: Path) -> N
     first = (out / "compose.yaml").read_text()
     compose.export("swarm", out, target="swarm")
     assert (out / "compose.yaml").read_text() == first
+
+
+def test_the_edge_proxy_logs_which_task_answered_and_never_tells_the_client() -> None:
+    """A response header naming the task (X-Served-By) handed internal addresses to every client."""
+    cfg = (ROOT / "proxy" / "haproxy.cfg").read_text()
+    directives = [line.strip() for line in cfg.splitlines() if line.strip() and not line.strip().startswith("#")]
+    assert not [d for d in directives if d.startswith("http-response") or "served-by" in d.lower()]
+    assert "option dontlog-normal" not in directives  # every request is logged ...
+    (fmt,) = [d for d in directives if d.startswith("log-format")]
+    assert "%b/%s" in fmt and "%si" in fmt and "%ST" in fmt  # ... with the backend, task and address
+
+
+@pytest.mark.parametrize("mode", ["vip", "dnsrr"])
+def test_the_api_is_published_on_a_swarm_only_when_swarm_publish_api_asks(mode: str) -> None:
+    """Before: an API kept on loopback (every profile's default apiHostIp) was published on every node."""
+    for publish, expected in (("false", {8000}), ("true", {5000, 8000})):
+        m = swarm_model(_settings(swarmEndpointMode=mode, swarmPublishApi=publish))
+        published = {p.published for svc in m.services for p in svc.ports}
+        assert published == expected, (mode, publish, published)
+        if mode == "dnsrr":  # the proxy's API frontend still listens on the overlay (its config needs the port)
+            assert ("API_PORT", "5000") in m.service("proxy").env
