@@ -1145,9 +1145,9 @@ def _swarm_settings(r: _Reader, bindings: dict[str, PortBinding]) -> SwarmSettin
     mode = r.choice("swarmEndpointMode", ENDPOINT_MODES)
     label = r.parsed("swarmDbNodeLabel", lambda v: v if _LABEL.fullmatch(v) else _raise(),
                      "a node label name: lower-case letters, digits, '.', '_', '-', e.g. stock-analyzer-db")
-    # Swarm publishes on every address of every node: a host address cannot be honoured, so one set is refused
-    # rather than ignored, and the API (loopback by default) is published only when swarmPublishApi says so. Only the ports apply; the admin UI
-    # and the database are never published (docs/swarm.md: reach them by a tunnel).
+    # Swarm publishes on every address of every node: a host address cannot be honoured, so one set is
+    # refused rather than ignored, and the API (loopback by default) is published only when swarmPublishApi
+    # says so. The admin UI and the database are never published (docs/swarm.md: reach them by a tunnel).
     for key in HOST_IP_KEYS:
         # Pulumi hands the project's defaults (loopback) to every stack as set values: only another is refused.
         if r.text(key) != KNOWN_KEYS[key].default:
