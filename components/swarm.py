@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_docker as docker
 
-from model.settings import SECRET_APP_DB, StackSettings, app_role_names
+from model.settings import SECRET_APP_DB, SECRET_SWARM_NAME_KEY, StackSettings, app_role_names
 from model.swarm import (
     APP_CREDENTIALS_SECRET,
     FileRef,
@@ -30,6 +30,10 @@ from model.swarm import (
 # `pulumi up` waits this long for a service's tasks to run healthy; then the update fails.
 CONVERGE_TIMEOUT = "5m"
 CONVERGE_DELAY = "2s"
+
+
+def _keyed_name(prefix: str, logical: str, value_and_key: list[str]) -> str:
+    return content_name(prefix, logical, value_and_key[0], value_and_key[1])
 
 
 def _b64(text: str) -> str:
@@ -65,12 +69,15 @@ class SwarmFiles(pulumi.ComponentResource):
             lambda pw: credentials_text(role, pw))
         labels = [docker.SecretLabelArgs(label="stock-analyzer.stack", value=s.stack)]
         self.secrets = {}
+        name_key = args.passwords[SECRET_SWARM_NAME_KEY.name]
         for logical in m.secrets:
             value = values[logical]
-            object_name: pulumi.Output[str] = value.apply(functools.partial(content_name, m.stack_name, logical))
+            # A keyed hash of the value names the object (model/swarm.py content_name).
+            object_name: pulumi.Output[str] = pulumi.Output.all(value, name_key).apply(
+                functools.partial(_keyed_name, m.stack_name, logical))
             self.secrets[logical] = docker.Secret(
                 f"{name}-{logical.replace('_', '-')}",
-                # A hash of a generated password names the object; the value stays a secret.
+                # The name gives nothing away (a keyed hash), so it is shown in previews; the value stays secret.
                 name=pulumi.Output.unsecret(object_name),
                 # Derived from a secret output, so itself secret (checked by the unit tests).
                 data=value.apply(_b64),

@@ -25,6 +25,7 @@ from model import swarm as swarm_model
 from model.settings import (
     PROJECT,
     SECRET_APP_DB,
+    SECRET_SWARM_NAME_KEY,
     SECRETS,
     SECURITY_OPTS,
     USER_SECRETS,
@@ -316,7 +317,8 @@ def _swarm_files(s: StackSettings, out: Path) -> str:
         _check_private(sub, "directory")
         _write_atomic(sub / Path(path).name, content, 0o644)
     secret_text = {name: (secret_dir / name).read_text(encoding="utf-8") for name in model.secrets}
-    doc = swarm_stack.stack_document(s, secret_text, model)
+    name_key = (secret_dir / SECRET_SWARM_NAME_KEY.name).read_text(encoding="utf-8")
+    doc = swarm_stack.stack_document(s, secret_text, name_key, model)
     header = (f"# Generated from Pulumi.{s.stack}.yaml by `python -m exporters.compose --stack {s.stack} "
               "--target swarm`.\n# Deploy: docker stack deploy --detach=false --resolve-image never -c compose.yaml "
               f"{s.prefix} (docs/swarm.md). Holds no secret values.\n")

@@ -106,8 +106,10 @@ def config_dir(path: str) -> str:
     return "swarm" if path.startswith(f"{SWARM_TARGET}/") else "provision"
 
 
-def stack_document(s: StackSettings, secret_text: dict[str, str], model: SwarmModel | None = None) -> dict[str, Any]:
-    """`secret_text`: logical secret name -> content, for the content names only (the files hold them)."""
+def stack_document(s: StackSettings, secret_text: dict[str, str], name_key: str,
+                   model: SwarmModel | None = None) -> dict[str, Any]:
+    """`secret_text`: logical secret name -> content, and `name_key` the stack's key of their names' hashes,
+    for the content names only (the files hold the values)."""
     m = model or swarm_model(s)
     net_opts = {"driver_opts": {"encrypted": ""}} if m.encrypted else {}
     return {
@@ -115,7 +117,8 @@ def stack_document(s: StackSettings, secret_text: dict[str, str], model: SwarmMo
         "networks": {logical: {"name": name, "driver": "overlay", "attachable": False, **net_opts}
                      for logical, name in m.networks.items()},
         "volumes": {logical: {"name": name} for logical, name in m.volumes.items()},
-        "secrets": {name: {"file": f"./secrets/{name}", "name": content_name(m.stack_name, name, secret_text[name])}
+        "secrets": {name: {"file": f"./secrets/{name}",
+                           "name": content_name(m.stack_name, name, secret_text[name], name_key)}
                     for name in m.secrets},
         "configs": {key: {"file": f"./{config_dir(path)}/{Path(path).name}",
                           "name": content_name(m.stack_name, key, content)}

@@ -143,6 +143,11 @@ SECRET_POSTGRES_BOOTSTRAP = SecretSpec("postgres_bootstrap_password", "", "boots
 # away from the host, with the stack's state (docs/recovery.md, Host lost).
 SECRET_PITR_CIPHER = SecretSpec("pitr_cipher_key", "", "cipher key of the off-host backup repository", length=64,
                                 configurable=False)
+# Keys the hash in a swarm secret's name (model/swarm.py content_name): an unkeyed hash of a password would let
+# anyone who can list secrets test guesses offline. Never mounted into a service; not rotatable (a new key would
+# rename, and so roll, every secret: harmless, but nothing asks for it).
+SECRET_SWARM_NAME_KEY = SecretSpec("swarm_name_key", "", "key of the hashes in swarm secret names", length=64,
+                                   configurable=False)
 SECRETS = (SECRET_POSTGRES, SECRET_APP_DB, SECRET_ADMIN, SECRET_BACKUP_DB, SECRET_POSTGRES_BOOTSTRAP)
 # The ones a stack may supply (config key) and rotate (version trigger).
 USER_SECRETS = tuple(s for s in SECRETS if s.configurable)
@@ -449,8 +454,10 @@ class StackSettings:
 
     @property
     def generated_secrets(self) -> tuple[SecretSpec, ...]:
-        """What this stack generates: the passwords, and with an off-host repository its cipher key."""
-        return (*SECRETS, *((SECRET_PITR_CIPHER,) if self.pitr and self.pitr.offhost else ()))
+        """What this stack generates: the passwords, with an off-host repository its cipher key, on a swarm the
+        key of its secrets' names."""
+        return (*SECRETS, *((SECRET_PITR_CIPHER,) if self.pitr and self.pitr.offhost else ()),
+                *((SECRET_SWARM_NAME_KEY,) if self.swarm else ()))
 
     @property
     def supplied_secrets(self) -> tuple[SecretSpec, ...]:

@@ -14,6 +14,7 @@ What differs from one host, and why (docs/swarm.md):
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -152,10 +153,14 @@ class SwarmModel:
         return next(svc for svc in self.services if svc.name == name)
 
 
-def content_name(prefix: str, name: str, content: str) -> str:
-    """An immutable Swarm object's name: a new content is a new name, so services roll onto it."""
+def content_name(prefix: str, name: str, content: str, key: str | None = None) -> str:
+    """An immutable Swarm object's name: a new content is a new name, so services roll onto it. Secrets pass
+    the stack's name key: a keyed hash (HMAC-SHA256), so a listed name gives no way to test password guesses.
+    Configs (scripts, public) hash their content plainly."""
     base = f"{prefix}_{name}"[:SWARM_NAME_MAX - HASH_CHARS - 1].rstrip("-_.")
-    return f"{base}-{hashlib.sha256(content.encode()).hexdigest()[:HASH_CHARS]}"
+    digest = (hmac.new(key.encode(), content.encode(), hashlib.sha256) if key is not None
+              else hashlib.sha256(content.encode())).hexdigest()
+    return f"{base}-{digest[:HASH_CHARS]}"
 
 
 def credentials_text(role: str, password: str) -> str:

@@ -4,6 +4,8 @@ under mocks, and that the two outputs agree."""
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import re
 import stat
 from pathlib import Path
@@ -114,6 +116,16 @@ def test_content_names_change_with_content_and_fit_swarm_limits() -> None:
     assert len(long) <= 64 and re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*[a-zA-Z0-9]", long)
 
 
+
+def test_secret_names_carry_a_keyed_hash_that_gives_no_way_to_test_a_password() -> None:
+    """Before: sha256(password)[:12] in every secret's name, testable offline by anyone who can list secrets."""
+    plain_hash = hashlib.sha256(b"guess").hexdigest()[:12]
+    keyed = content_name("p", "app_db_password", "guess", "stack-key")
+    assert keyed == "p_app_db_password-" + hmac.new(b"stack-key", b"guess", hashlib.sha256).hexdigest()[:12]
+    assert not keyed.endswith(plain_hash)
+    assert keyed != content_name("p", "app_db_password", "guess", "another-stack-key")
+
+
 def test_the_app_moves_to_the_other_role_on_each_new_password() -> None:
     assert next_app_role("app", "p1", None) == "app"
     assert next_app_role("app", "p1", "app\np1\n") == "app"
@@ -134,8 +146,16 @@ def test_the_stack_file_holds_no_single_host_keys_and_names_objects_by_content(t
     assert stat.S_IMODE(creds.stat().st_mode) == 0o400
     role, password = creds.read_text().splitlines()
     assert role == "stock_app" and password == (out / "secrets" / "app_db_password").read_text()
+    key = (out / "secrets" / "swarm_name_key").read_text()
+    assert len(key) == 64 and stat.S_IMODE((out / "secrets" / "swarm_name_key").stat().st_mode) == 0o444
+    assert "swarm_name_key" not in doc["secrets"], "the names' key is never mounted"
     for logical, secret in doc["secrets"].items():
-        assert secret["name"] == content_name("stock-analyzer-swarm", logical, (out / secret["file"]).read_text())
+        value = (out / secret["file"]).read_text()
+        assert secret["name"] == content_name("stock-analyzer-swarm", logical, value, key)
+        assert not secret["name"].endswith(hashlib.sha256(value.encode()).hexdigest()[:12])
+    compose.export("swarm", out, target="swarm")  # a second export keeps the key, so the names stay
+    assert (out / "secrets" / "swarm_name_key").read_text() == key
+    assert yaml.safe_load((out / "compose.yaml").read_text())["secrets"] == doc["secrets"]
     for logical, config in doc["configs"].items():
         assert (out / config["file"]).is_file(), logical
     before = doc["secrets"][APP_CREDENTIALS_SECRET]["name"]
@@ -192,12 +212,14 @@ def test_services_wait_for_each_other_in_order(recording: Any) -> None:
 
 
 def test_secrets_travel_as_secrets_and_are_named_by_content(recording: Any) -> None:
+    key = plain(recording.named("credentials-swarm-name-key").state["result"])
     for r in recording.of_type("docker:index/secret:Secret"):
         assert is_secret(r.inputs["data"]), r.name
         assert not is_secret(r.inputs["name"]), r.name
         value = base64.b64decode(plain(r.inputs["data"])).decode()
         logical = r.name.removeprefix("files-").replace("-", "_")
-        assert plain(r.inputs["name"]) == content_name("stock-analyzer-swarm", logical, value)
+        assert plain(r.inputs["name"]) == content_name("stock-analyzer-swarm", logical, value, key)
+    assert "files-swarm-name-key" not in {r.name for r in recording.of_type("docker:index/secret:Secret")}
     creds = recording.named("files-app-credentials")
     assert base64.b64decode(plain(creds.inputs["data"])).decode().splitlines()[0] == "stock_app"
 
@@ -216,7 +238,7 @@ def test_a_rotation_changes_exactly_the_app_secret_and_moves_to_the_other_role()
 
 def test_the_program_and_the_stack_file_deploy_the_same_services(recording: Any, tmp_path: Path) -> None:
     s = settings_from_file("swarm")
-    doc = stack_document(s, {name: "x" for name in swarm_model(s).secrets})
+    doc = stack_document(s, {name: "x" for name in swarm_model(s).secrets}, "key")
     svcs = _services(recording)
     assert set(doc["services"]) | {"db-retire"} == set(svcs)
     for name, svc in doc["services"].items():
