@@ -6,7 +6,7 @@ import pulumi
 
 from components.app import App, AppArgs
 from components.backup import Backup, BackupArgs
-from components.config import read_stack_config
+from components.config import read_deployed_app, read_stack_config
 from components.credentials import Credentials, CredentialsArgs
 from components.database import Database, DatabaseArgs
 from components.network import Network, NetworkArgs
@@ -24,6 +24,8 @@ from model.swarm import PROXY_SERVICE, swarm_model
 stack = pulumi.get_stack()
 # Fails with one message naming key, value and what is allowed, before any resource is registered.
 settings, provided_passwords = read_stack_config(stack)
+# On a swarm the app's login role follows what runs now; an unreadable manager fails here, before any resource.
+deployed = read_deployed_app(settings) if settings.target == "swarm" else None
 
 credentials = Credentials("credentials", CredentialsArgs(
     secrets=(*settings.generated_secrets, *settings.supplied_secrets), provided=provided_passwords,
@@ -85,7 +87,8 @@ def swarm() -> None:
     assert sw is not None
     network = Network("network", NetworkArgs(names=settings.networks, stack=stack, driver="overlay",
                                               options={"encrypted": ""} if sw.encrypted else {}))
-    files = SwarmFiles("files", SwarmFilesArgs(model=model, settings=settings, passwords=credentials.passwords))
+    files = SwarmFiles("files", SwarmFilesArgs(model=model, settings=settings, passwords=credentials.passwords,
+                                               deployed=deployed))
     pinned = [svc for svc in model.services if svc.name in ("postgres", "db-provision")]
     database = SwarmServices("database", SwarmServicesArgs(
         model=model, settings=settings, files=files, network_ids=network.ids, services=pinned, chain=True))

@@ -19,6 +19,8 @@ from model.settings import (
 )
 from model.stack_yaml import PREFIX as _PREFIX
 from model.stack_yaml import as_config_string, drop_unset_secrets, refuse_plaintext_passwords
+from model.swarm import APP_CREDENTIALS_SECRET, DeployedApp
+from ops import swarm_state
 
 
 def _engine_config() -> dict[str, Any]:
@@ -55,3 +57,17 @@ def read_stack_config(stack: str) -> tuple[StackSettings, dict[str, pulumi.Outpu
     provided = {s.name: config.require_secret(s.config_key) for s in (*USER_SECRETS, *SUPPLIED_SECRETS)
                 if s.config_key in raw}
     return settings, provided
+
+
+def read_deployed_app(settings: StackSettings) -> DeployedApp | None:
+    """On a swarm, what the API service runs now (its app secret and role label), read from the engine
+    the provider uses, so the app role follows the deployment (model/swarm.py deployed_app_role).
+
+    Raises `pulumi.RunError` with one line if the engine cannot be read: guessing could break live tasks.
+    """
+    host = pulumi.Config("docker").get("host")
+    try:
+        return swarm_state.deployed_app(host, f"{settings.prefix}_api", APP_CREDENTIALS_SECRET)
+    except RuntimeError as err:
+        raise pulumi.RunError(f"{err}; the app's login role is chosen from the running API service "
+                              "(docs/swarm.md), so `pulumi up` needs the swarm manager") from None

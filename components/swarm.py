@@ -17,14 +17,17 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_docker as docker
 
-from model.settings import SECRET_APP_DB, SECRET_SWARM_NAME_KEY, StackSettings, app_role_names
+from model.settings import SECRET_APP_DB, SECRET_SWARM_NAME_KEY, StackSettings
 from model.swarm import (
     APP_CREDENTIALS_SECRET,
+    APP_ROLE_LABEL,
+    DeployedApp,
     FileRef,
     ServiceSpec,
     SwarmModel,
     content_name,
     credentials_text,
+    deployed_app_role,
 )
 
 # `pulumi up` waits this long for a service's tasks to run healthy; then the update fails.
@@ -40,18 +43,13 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def app_role_for_version(app_user: str, version: int) -> str:
-    """Each rotation (appDbPasswordVersion + 1) moves the app to the other login role of the pair, so
-    tasks not yet rolled keep a working one."""
-    slot_a, slot_b, _ = app_role_names(app_user)
-    return slot_a if version % 2 == 1 else slot_b
-
-
 @dataclass
 class SwarmFilesArgs:
     model: SwarmModel
     settings: StackSettings
     passwords: Mapping[str, pulumi.Output[str]]
+    # What the API service runs now (components/config.py read_deployed_app); None before the first deploy.
+    deployed: DeployedApp | None = None
 
 
 class SwarmFiles(pulumi.ComponentResource):
@@ -59,17 +57,21 @@ class SwarmFiles(pulumi.ComponentResource):
 
     secrets: dict[str, docker.Secret]
     configs: dict[str, docker.ServiceConfig]
+    app_role: pulumi.Output[str]
 
     def __init__(self, name: str, args: SwarmFilesArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("stock-analyzer:swarm:SwarmFiles", name, None, opts)
         m, s = args.model, args.settings
-        role = app_role_for_version(s.db_app_user, s.secret_versions.get(SECRET_APP_DB.name, 1))
+        password, name_key = args.passwords[SECRET_APP_DB.name], args.passwords[SECRET_SWARM_NAME_KEY.name]
+        version = s.secret_versions.get(SECRET_APP_DB.name, 1)
+        role = pulumi.Output.all(password, name_key).apply(lambda v: deployed_app_role(
+            s.db_app_user, m.stack_name, v[0], v[1], args.deployed, version))
+        # Derived from secrets, but a role name is no secret: the services carry it as a label.
+        self.app_role = pulumi.Output.unsecret(role)
         values: dict[str, pulumi.Output[str]] = dict(args.passwords)
-        values[APP_CREDENTIALS_SECRET] = args.passwords[SECRET_APP_DB.name].apply(
-            lambda pw: credentials_text(role, pw))
+        values[APP_CREDENTIALS_SECRET] = pulumi.Output.all(role, password).apply(lambda v: credentials_text(*v))
         labels = [docker.SecretLabelArgs(label="stock-analyzer.stack", value=s.stack)]
         self.secrets = {}
-        name_key = args.passwords[SECRET_SWARM_NAME_KEY.name]
         for logical in m.secrets:
             value = values[logical]
             # A keyed hash of the value names the object (model/swarm.py content_name).
@@ -95,7 +97,8 @@ class SwarmFiles(pulumi.ComponentResource):
             for logical, (_, content) in m.configs.items()
         }
         self.register_outputs({"secret_names": {k: v.name for k, v in self.secrets.items()},
-                               "config_names": {k: v.name for k, v in self.configs.items()}})
+                               "config_names": {k: v.name for k, v in self.configs.items()},
+                               "app_role": self.app_role})
 
 
 def _duration(seconds: int) -> str:
@@ -137,7 +140,10 @@ def service_args(svc: ServiceSpec, m: SwarmModel, log_opts: Mapping[str, str], f
     restart = svc.restart
     return docker.ServiceArgs(
         name=f"{m.stack_name}_{svc.name}",
-        labels=[docker.ServiceLabelArgs(label=k, value=v) for k, v in svc.labels],
+        # Service labels change in place (no task restarts); the app role one is read by the next run.
+        labels=[docker.ServiceLabelArgs(label=k, value=v) for k, v in svc.labels]
+        + ([docker.ServiceLabelArgs(label=APP_ROLE_LABEL, value=files.app_role)]
+           if any(r.source == APP_CREDENTIALS_SECRET for r in svc.secrets) else []),
         task_spec=docker.ServiceTaskSpecArgs(
             container_spec=docker.ServiceTaskSpecContainerSpecArgs(
                 image=svc.image,

@@ -167,6 +167,35 @@ def credentials_text(role: str, password: str) -> str:
     return f"{role}\n{password}\n"
 
 
+APP_ROLE_LABEL = "stock-analyzer.app-role"
+
+
+@dataclass(frozen=True)
+class DeployedApp:
+    """What the running API service holds: its app secret's name and the role label set beside it."""
+
+    secret_name: str
+    role: str | None  # None on a service deployed before the label existed
+
+
+def deployed_app_role(app_user: str, prefix: str, password: str, name_key: str, deployed: DeployedApp | None,
+                      version: int) -> str:
+    """The Pulumi path's app role, from what runs rather than from a counter: the deployed role while its
+    secret still holds this password (its name is the keyed hash of role and password), else the other one
+    of the pair, so that tasks not yet rolled keep a working role whatever changed the password."""
+    slot_a, slot_b, _ = app_role_names(app_user)
+    if deployed is None:
+        return slot_a
+    for role in (slot_a, slot_b):
+        if deployed.secret_name == content_name(prefix, APP_CREDENTIALS_SECRET, credentials_text(role, password),
+                                                name_key):
+            return role
+    if deployed.role in (slot_a, slot_b):
+        return slot_b if deployed.role == slot_a else slot_a
+    # Deployed before the label: the version rule it was deployed with (one step per rotation).
+    return slot_a if version % 2 == 1 else slot_b
+
+
 def next_app_role(app_user: str, password: str, previous: str | None) -> str:
     """The login role the app secret names: the current one while the password is unchanged; after a
     rotation the other one of the pair, so that tasks not yet updated keep a working role."""

@@ -168,8 +168,20 @@ def committed_config(stack: str) -> dict[str, str]:
     return {k: ("true" if v is True else "false" if v is False else str(v)) for k, v in values.items()}
 
 
+DeployedReader = Callable[[str | None, str, str], Any]
+
+
+def nothing_deployed(host: str | None, service: str, target: str) -> None:
+    """The default under mocks: a swarm with no stack on it yet."""
+    return None
+
+
 def run(body: Callable[[], Any], stack: str, config: Mapping[str, str],
-        secret_keys: tuple[str, ...] = (), exit_codes: Mapping[str, int] | None = None) -> Recording:
+        secret_keys: tuple[str, ...] = (), exit_codes: Mapping[str, int] | None = None,
+        deployed: DeployedReader = nothing_deployed) -> Recording:
+    """`deployed` stands in for ops/swarm_state.deployed_app, the program's one read of the live swarm."""
+    from ops import swarm_state
+
     recording = Recording()
     mocks = Mocks(exit_codes)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False,
@@ -181,13 +193,19 @@ def run(body: Callable[[], Any], stack: str, config: Mapping[str, str],
         body()
         return _capture_stack_outputs(recording)
 
-    program()
+    real = swarm_state.deployed_app
+    swarm_state.deployed_app = deployed  # type: ignore[assignment]
+    try:
+        program()
+    finally:
+        swarm_state.deployed_app = real
     return recording
 
 
 def run_program(stack: str, config: Mapping[str, str] | None = None,
-                secret_keys: tuple[str, ...] = (), exit_codes: Mapping[str, int] | None = None) -> Recording:
+                secret_keys: tuple[str, ...] = (), exit_codes: Mapping[str, int] | None = None,
+                deployed: DeployedReader = nothing_deployed) -> Recording:
     """The whole program, as `pulumi up` would run it, for `stack` with `config` (default: as committed)."""
     cfg = committed_config(stack) if config is None else dict(config)
     return run(lambda: runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__"), stack, cfg, secret_keys,
-               exit_codes)
+               exit_codes, deployed)

@@ -11,22 +11,24 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import pulumi
 import pytest
 import yaml
 
-from components.swarm import app_role_for_version
 from exporters import compose
 from exporters.swarm_stack import stack_document
 from model.settings import ConfigError, load_settings
 from model.stack_yaml import read_stack_file, settings_from_file
 from model.swarm import (
     APP_CREDENTIALS_SECRET,
+    DeployedApp,
     content_name,
+    deployed_app_role,
     next_app_role,
     swarm_model,
 )
 from tests.docker.pulumi_swarm_apply import SCHEMA, _check, service_spec
-from tests.pulumi_mocks import ROOT, committed_config, is_secret, plain, run_program
+from tests.pulumi_mocks import ROOT, DeployedReader, Recording, committed_config, is_secret, plain, run_program
 
 SWARM_RAW = read_stack_file("swarm")
 
@@ -132,7 +134,73 @@ def test_the_app_moves_to_the_other_role_on_each_new_password() -> None:
     assert next_app_role("app", "p2", "app\np1\n") == "app_b"
     assert next_app_role("app", "p3", "app_b\np2\n") == "app"
     assert next_app_role("app", "p1", "someone_else\np1\n") == "app"
-    assert [app_role_for_version("app", v) for v in (1, 2, 3)] == ["app", "app_b", "app"]
+
+
+def _running(rec: Recording) -> DeployedReader:
+    """The engine's answer after `rec` was applied: the API service's app secret name and its role label."""
+    api = plain(rec.named("app-api").inputs)
+    labels = {lab["label"]: lab["value"] for lab in api.get("labels", [])}
+    (name,) = [s["secretName"] for s in api["taskSpec"]["containerSpec"]["secrets"]
+               if s["fileName"] == "app_credentials"]
+
+    def read(host: str | None, service: str, target: str) -> DeployedApp:
+        assert (service, target) == ("stock-analyzer-swarm_api", "app_credentials")
+        return DeployedApp(name, labels.get("stock-analyzer.app-role"))
+    return read
+
+
+def _app_role(rec: Recording) -> str:
+    data = plain(rec.named("files-app-credentials").inputs["data"])
+    return str(base64.b64decode(data).decode().splitlines()[0])
+
+
+def _swarm_cfg(**changes: str) -> dict[str, str]:
+    cfg = committed_config("swarm")
+    cfg.update({f"stock-analyzer:{k}": v for k, v in changes.items()})
+    return cfg
+
+
+def test_the_app_role_follows_the_deployed_secret_not_a_version_counter() -> None:
+    """Before: role = version % 2, so a skipped version or a supplied password kept the role of the tasks
+    still running, and the provisioning job changed that role's password under them."""
+    first = run_program("swarm")
+    assert _app_role(first) == "stock_app"
+    same = run_program("swarm", deployed=_running(first))
+    assert _app_role(same) == "stock_app"
+    assert plain(same.named("files-app-credentials").inputs) == plain(first.named("files-app-credentials").inputs)
+    skipped = run_program("swarm", _swarm_cfg(appDbPasswordVersion="3"), deployed=_running(first))
+    assert _app_role(skipped) == "stock_app_b"
+    supplied = run_program("swarm", _swarm_cfg(appDbPassword="a-supplied-value-for-the-test"),
+                           secret_keys=("appDbPassword",), deployed=_running(first))
+    assert _app_role(supplied) == "stock_app_b"
+    back = run_program("swarm", _swarm_cfg(appDbPasswordVersion="4"), deployed=_running(skipped))
+    assert _app_role(back) == "stock_app"
+    api = plain(back.named("app-api").inputs)
+    assert {"label": "stock-analyzer.app-role", "value": "stock_app"} in api["labels"]
+    assert "stock-analyzer.app-role" not in {lab["label"] for lab in api["taskSpec"]["containerSpec"]["labels"]}
+
+
+def test_a_role_is_kept_only_while_the_deployed_secret_holds_this_password() -> None:
+    key, pw = "k", "p1"
+    a = content_name("s", "app_credentials", "app\np1\n", key)
+    b = content_name("s", "app_credentials", "app_b\np1\n", key)
+    assert deployed_app_role("app", "s", pw, key, None, 7) == "app"
+    assert deployed_app_role("app", "s", pw, key, DeployedApp(a, "app"), 2) == "app"
+    assert deployed_app_role("app", "s", pw, key, DeployedApp(b, "app_b"), 1) == "app_b"
+    assert deployed_app_role("app", "s", "p2", key, DeployedApp(a, "app"), 1) == "app_b"
+    assert deployed_app_role("app", "s", "p2", key, DeployedApp(b, "app_b"), 2) == "app"
+    assert deployed_app_role("app", "s", pw, "other-key", DeployedApp(a, "app"), 1) == "app_b"
+    # Deployed before the label: an unchanged password still matches by name; otherwise the version rule.
+    assert deployed_app_role("app", "s", pw, key, DeployedApp(b, None), 1) == "app_b"
+    assert deployed_app_role("app", "s", "p2", key, DeployedApp(a, None), 2) == "app_b"
+
+
+def test_an_unreadable_manager_fails_the_program_in_one_line_before_any_resource() -> None:
+    def down(host: str | None, service: str, target: str) -> None:
+        raise RuntimeError("cannot read service stock-analyzer-swarm_api from the Docker engine at x: refused")
+    with pytest.raises(pulumi.RunError) as err:
+        run_program("swarm", deployed=down)
+    assert "\n" not in str(err.value) and "refused" in str(err.value) and "pulumi up" in str(err.value)
 
 
 def test_the_stack_file_holds_no_single_host_keys_and_names_objects_by_content(tmp_path: Path) -> None:
@@ -228,7 +296,7 @@ def test_a_rotation_changes_exactly_the_app_secret_and_moves_to_the_other_role()
     before = run_program("swarm")
     cfg = committed_config("swarm")
     cfg["stock-analyzer:appDbPasswordVersion"] = "2"
-    after = run_program("swarm", cfg)
+    after = run_program("swarm", cfg, deployed=_running(before))
     secrets_before = {r.name: plain(r.inputs) for r in before.of_type("docker:index/secret:Secret")}
     changed = {r.name for r in after.of_type("docker:index/secret:Secret") if plain(r.inputs) != secrets_before[r.name]}
     assert changed == {"files-app-credentials", "files-app-db-password"}

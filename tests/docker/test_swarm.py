@@ -18,6 +18,8 @@ import pytest
 from exporters import compose
 from model.settings import StackSettings
 from model.stack_yaml import settings_from_file
+from model.swarm import DeployedApp
+from ops import swarm_state
 from tests.docker.pulumi_swarm_apply import SwarmApplied, apply, update
 from tests.docker.standins import ensure_image
 from tests.docker.support import sh
@@ -75,6 +77,11 @@ def swarm_lab(settings: StackSettings, base_images: dict[str, str]) -> Iterator[
         print("\nswarm figures:", FIGURES)
 
 
+def _live(host: str | None, service: str, target: str) -> DeployedApp | None:
+    """The program's read of the running stack, from the lab's manager (as `pulumi up` would with DOCKER_HOST)."""
+    return swarm_state.deployed_app(f"unix://{node_sock(1)}", service, target)
+
+
 def _config(**overrides: str) -> dict[str, str]:
     cfg = committed_config(STACK)
     cfg.update({f"stock-analyzer:{k}": v for k, v in overrides.items()})
@@ -84,7 +91,7 @@ def _config(**overrides: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def deployed(swarm_lab: None, settings: StackSettings) -> Iterator[tuple[SwarmApplied, Recording]]:
     remove_stack_objects(settings.prefix)
-    rec = run_program(STACK)
+    rec = run_program(STACK, deployed=_live)
     started = time.monotonic()
     applied = apply(rec, node_sock(1))
     FIGURES["pulumi up (create, s)"] = round(time.monotonic() - started, 1)
@@ -190,7 +197,7 @@ def test_rows_go_in_through_the_proxy(deployed: tuple[SwarmApplied, Recording]) 
 def test_rolling_update_to_a_new_build_fails_no_request(
         deployed: tuple[SwarmApplied, Recording], settings: StackSettings) -> None:
     applied, _ = deployed
-    after = run_program(STACK, _config(appImageTag=f"{STACK}-v2"))
+    after = run_program(STACK, _config(appImageTag=f"{STACK}-v2"), deployed=_live)
     with SpreadLoop([1, 2, 3], API_PORT, "/prices?symbol=SWRM") as loop:
         started = time.monotonic()
         changed = update(applied, after)
@@ -209,7 +216,7 @@ def test_app_role_rotation_fails_no_request_and_retires_the_old_password(
         deployed: tuple[SwarmApplied, Recording], settings: StackSettings) -> None:
     applied, rec = deployed
     old_pw = plain(rec.named("credentials-app-db-password").state["result"])
-    after = run_program(STACK, _config(appImageTag=f"{STACK}-v2", appDbPasswordVersion="2"))
+    after = run_program(STACK, _config(appImageTag=f"{STACK}-v2", appDbPasswordVersion="2"), deployed=_live)
     new_pw = plain(after.named("credentials-app-db-password").state["result"])
     assert new_pw != old_pw
     slot_a, slot_b = settings.db_app_user, f"{settings.db_app_user}_b"
@@ -228,6 +235,10 @@ def test_app_role_rotation_fails_no_request_and_retires_the_old_password(
     names = dk(1, "secret", "ls", "--format", "{{.Name}}", "--filter",
                f"name={settings.prefix}_app_credentials").split()
     assert len(names) == 1, names
+    live = swarm_state.deployed_app(f"unix://{node_sock(1)}", _service(settings, "api"), "app_credentials")
+    assert live is not None and live.role == slot_b, live
+    again = run_program(STACK, _config(appImageTag=f"{STACK}-v2", appDbPasswordVersion="2"), deployed=_live)
+    assert plain(again.named("files-app-credentials").inputs) == plain(after.named("files-app-credentials").inputs)
     rec.resources[:] = after.resources
 
 
@@ -238,7 +249,8 @@ def test_a_release_that_cannot_start_is_rolled_back_and_fails_no_request(
     tasks (started first, kept until a new one is healthy) answer throughout."""
     applied, _ = deployed
     api = _service(settings, "api")
-    bad = run_program(STACK, _config(appImageTag=f"{STACK}-broken", appDbPasswordVersion="2"))
+    bad = run_program(STACK, _config(appImageTag=f"{STACK}-broken", appDbPasswordVersion="2"),
+                      deployed=_live)
     with SpreadLoop([1, 2, 3], API_PORT, "/prices?symbol=SWRM") as loop:
         started = time.monotonic()
         with pytest.raises(AssertionError, match=r"service rollback completed|service update paused") as err:
