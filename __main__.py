@@ -89,9 +89,13 @@ def swarm() -> None:
                                               options={"encrypted": ""} if sw.encrypted else {}))
     files = SwarmFiles("files", SwarmFilesArgs(model=model, settings=settings, passwords=credentials.passwords,
                                                deployed=deployed))
-    pinned = [svc for svc in model.services if svc.name in ("postgres", "db-provision")]
+    # etcd's members only turn healthy together (a quorum), so they start at once, before the database.
+    dcs = SwarmServices("dcs", SwarmServicesArgs(
+        model=model, settings=settings, files=files, network_ids=network.ids, services=model.dcs),
+    ) if model.dcs else None
     database = SwarmServices("database", SwarmServicesArgs(
-        model=model, settings=settings, files=files, network_ids=network.ids, services=pinned, chain=True))
+        model=model, settings=settings, files=files, network_ids=network.ids, services=model.database, chain=True,
+        depends_on=list(dcs.services.values()) if dcs else []))
     apps = SwarmServices("app", SwarmServicesArgs(
         model=model, settings=settings, files=files, network_ids=network.ids,
         services=[svc for svc in model.services if svc.name in {a.service for a in settings.apps}
@@ -109,7 +113,8 @@ def swarm() -> None:
     pulumi.export("endpoint_mode", sw.endpoint_mode)
     pulumi.export("published_ports", {svc: port for svc, port, _ in sw.proxy_ports if sw.published(svc)})
     pulumi.export("networks", network.names)
-    pulumi.export("services", {**database.service_names, **apps.service_names, **retire.service_names,
+    dcs_names = dcs.service_names if dcs else {}
+    pulumi.export("services", {**dcs_names, **database.service_names, **apps.service_names, **retire.service_names,
                                **edge.service_names})
     pulumi.export("app_image", settings.app_image)
     pulumi.export("postgres_password", credentials.passwords[SECRET_POSTGRES.name])

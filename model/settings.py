@@ -65,6 +65,7 @@ TMP_DIR = "/tmp"  # noqa: S108 (a private tmpfs inside the container, not the ho
 # Logical network names (compose keys); engine names per stack, see StackSettings.networks. Postgres, the job,
 # the API and the admin UI share the backend; the frontend reaches only the API, on the frontend network.
 NET_BACKEND, NET_FRONTEND = "backend", "frontend"
+NET_DCS = "dcs"  # postgresMembers 3: the members and etcd, nothing else
 # Logical volume names (compose keys); the engine names are per stack, see StackSettings.volumes.
 VOL_DATA, VOL_APP_CREDENTIALS, VOL_PROVISION_STATE = "postgres_data", "app_credentials", "provision_state"
 VOL_BACKUPS = "backups"
@@ -148,6 +149,18 @@ SECRET_PITR_CIPHER = SecretSpec("pitr_cipher_key", "", "cipher key of the off-ho
 # rename, and so roll, every secret: harmless, but nothing asks for it).
 SECRET_SWARM_NAME_KEY = SecretSpec("swarm_name_key", "", "key of the hashes in swarm secret names", length=64,
                                    configurable=False)
+# A Patroni cluster's own logins (postgresMembers 3): replication, pg_rewind, and the REST API's unsafe calls
+# (switchover, restart). Generated, never mounted into anything but the members (and the API's into ops).
+SECRET_PATRONI_REPLICATION = SecretSpec("patroni_replication_password", "", "password of Patroni's replication "
+                                        "role", configurable=False)
+SECRET_PATRONI_REWIND = SecretSpec("patroni_rewind_password", "", "password of Patroni's pg_rewind role",
+                                   configurable=False)
+SECRET_PATRONI_API = SecretSpec("patroni_api_password", "", "password of Patroni's REST API", configurable=False)
+PATRONI_SECRETS = (SECRET_PATRONI_REPLICATION, SECRET_PATRONI_REWIND, SECRET_PATRONI_API)
+# Their role names (patroni/patroni.yml's pg_hba names the first): no stack role may take them.
+PATRONI_REPLICATION_USER = "patroni_replication"
+PATRONI_REWIND_USER = "patroni_rewind"
+PATRONI_API_USER = "patroni"
 SECRETS = (SECRET_POSTGRES, SECRET_APP_DB, SECRET_ADMIN, SECRET_BACKUP_DB, SECRET_POSTGRES_BOOTSTRAP)
 # The ones a stack may supply (config key) and rotate (version trigger).
 USER_SECRETS = tuple(s for s in SECRETS if s.configurable)
@@ -322,6 +335,13 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
               "in host mode on every node).", "vip"),
     ConfigKey("swarmDbNodeLabel", "string", "swarm: node label that marks the node holding the database volume "
               "(docker node update --label-add LABEL=true NODE).", "stock-analyzer-db"),
+    ConfigKey("postgresMembers", "integer", "swarm: PostgreSQL servers. 1: one, on the node labelled LABEL=true. "
+              "3: a Patroni cluster (leader, two replicas, synchronous commit, automatic failover) with etcd, member k "
+              "on the node labelled LABEL=k (docs/swarm.md).", "1"),
+    ConfigKey("etcdImage", "string", "swarm with 3 members: pinned etcd image of Patroni's configuration store.",
+              "quay.io/coreos/etcd:v3.5.21"),
+    ConfigKey("patroniImage", "string", "swarm with 3 members: the members' image, built FROM postgresImage with "
+              "patroni/Dockerfile; empty: stock-analyzer-patroni:<postgresImage's tag>.", ""),
     ConfigKey("swarmEncryptOverlay", "boolean", "swarm: encrypt the overlay networks (IPsec; needs the kernel's "
               "esp and xfrm support on every node).", "true"),
     ConfigKey("apiReplicas", "integer", f"swarm: tasks of the API service (1-{PROXY_MAX_TASKS}).", "2"),
@@ -342,7 +362,8 @@ KNOWN_KEYS = {k.name: k for k in CONFIG_KEYS}
 _T = TypeVar("_T")
 _IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # Names PostgreSQL refuses or treats as keywords in role positions; pg_* is reserved as a prefix.
-RESERVED_ROLE_NAMES = ("all", "current_role", "current_user", "none", "public", "session_user", "user")
+RESERVED_ROLE_NAMES = ("all", "current_role", "current_user", "none", "public", "session_user", "user",
+                      PATRONI_REPLICATION_USER, PATRONI_REWIND_USER)
 RESERVED_ROLE_PREFIX = "pg_"
 RESERVED_DB_NAMES = ("template0", "template1")
 # Docker reference grammar (distribution/reference), with a mandatory tag or digest.
@@ -374,6 +395,9 @@ class SwarmSettings:
     proxy_image: str
     proxy_ports: tuple[tuple[str, int, int], ...]  # (service, published port, container port), dnsrr only
     publish_api: bool = False  # the API's port on every node; off, it is reached through the frontend only
+    members: int = 1  # 3: a Patroni cluster, member k (and etcd k) where node.labels.<db_node_label> == k
+    etcd_image: str = ""
+    patroni_image: str = ""
 
     def published(self, service: str) -> bool:
         """Whether `service`'s port is published (on every address of every node: Swarm has no host address)."""
@@ -381,7 +405,11 @@ class SwarmSettings:
 
     @property
     def db_constraint(self) -> str:
-        return f"node.labels.{self.db_node_label}==true"
+        """Where the database's node-local volumes are: the one server's node, or member 1's."""
+        return f"node.labels.{self.db_node_label}=={'true' if self.members == 1 else '1'}"
+
+    def member_constraint(self, k: int) -> str:
+        return f"node.labels.{self.db_node_label}=={k}"
 
 
 @dataclass(frozen=True)
@@ -457,7 +485,8 @@ class StackSettings:
         """What this stack generates: the passwords, with an off-host repository its cipher key, on a swarm the
         key of its secrets' names."""
         return (*SECRETS, *((SECRET_PITR_CIPHER,) if self.pitr and self.pitr.offhost else ()),
-                *((SECRET_SWARM_NAME_KEY,) if self.swarm else ()))
+                *((SECRET_SWARM_NAME_KEY,) if self.swarm else ()),
+                *(PATRONI_SECRETS if self.swarm and self.swarm.members == 3 else ()))
 
     @property
     def supplied_secrets(self) -> tuple[SecretSpec, ...]:
@@ -656,7 +685,10 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
     images = _images(r, stack)
     backups = _backups(r)
     target = r.choice("target", TARGETS)
-    swarm = _swarm_settings(r, bindings) if target == "swarm" else None
+    swarm = _swarm_settings(r, bindings, images.postgres) if target == "swarm" else None
+    if not swarm and r.text("postgresMembers") != "1":
+        raise _fail("postgresMembers", r.raw["postgresMembers"], f"1 unless {PROJECT}:target is swarm (one host runs "
+                    "one server; a replicated database needs nodes of its own)")
     prefix = f"{project}-{stack}"
     pitr = _pitr(r, prod, db, images.postgres, project) if r.boolean("pitr") else None
     if not pitr and r.boolean("pitrSyncReceiver"):
@@ -672,7 +704,8 @@ def load_settings(raw_config: Mapping[str, str], stack: str, project: str = PROJ
         project=project,
         stack=stack,
         environment=environment,
-        networks={n: f"{prefix}_{n}" for n in (NET_BACKEND, NET_FRONTEND)},
+        networks={n: f"{prefix}_{n}" for n in (NET_BACKEND, NET_FRONTEND,
+                                                *((NET_DCS,) if swarm and swarm.members == 3 else ()))},
         volumes={v: f"{prefix}_{v}" for v in volumes},
         postgres_image=images.postgres,
         python_base_image=images.python_base,
@@ -1148,7 +1181,7 @@ HOST_IP_KEYS = ("postgresHostIp", "apiHostIp", "frontendHostIp", "adminHostIp")
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,126}[a-z0-9])?")
 
 
-def _swarm_settings(r: _Reader, bindings: dict[str, PortBinding]) -> SwarmSettings:
+def _swarm_settings(r: _Reader, bindings: dict[str, PortBinding], postgres_image: str) -> SwarmSettings:
     mode = r.choice("swarmEndpointMode", ENDPOINT_MODES)
     label = r.parsed("swarmDbNodeLabel", lambda v: v if _LABEL.fullmatch(v) else _raise(),
                      "a node label name: lower-case letters, digits, '.', '_', '-', e.g. stock-analyzer-db")
@@ -1165,6 +1198,12 @@ def _swarm_settings(r: _Reader, bindings: dict[str, PortBinding]) -> SwarmSettin
         raise _fail("postgresHostPort", r.text("postgresHostPort"), f"0 with {PROJECT}:target swarm: the database "
                     "is never published on a swarm (it would be open on every node)")
     ports = tuple((svc, bindings[svc].host_port, bindings[svc].container_port) for svc in ("api", "frontend"))
+    members = r.parsed("postgresMembers", lambda v: {"1": 1, "3": 3}[v],
+                       "1 (one server) or 3 (a Patroni cluster: a quorum needs an odd number, and 5 is not built)")
+    if members == 3 and mode != "dnsrr":
+        raise _fail("swarmEndpointMode", mode, "dnsrr with postgresMembers 3 (the database router and the members "
+                    "are reached by their tasks' addresses)")
+    patroni = r.text("patroniImage") and r.image("patroniImage")
     return SwarmSettings(
         endpoint_mode=mode,
         replicas={svc: r.integer(f"{svc}Replicas", 1, PROXY_MAX_TASKS) for svc in ("api", "frontend", "admin")},
@@ -1173,6 +1212,9 @@ def _swarm_settings(r: _Reader, bindings: dict[str, PortBinding]) -> SwarmSettin
         proxy_image=r.image("proxyImage"),
         proxy_ports=ports,
         publish_api=r.boolean("swarmPublishApi"),
+        members=members,
+        etcd_image=r.image("etcdImage"),
+        patroni_image=patroni or f"stock-analyzer-patroni:{postgres_image.split(':')[-1]}",
     )
 
 

@@ -23,6 +23,16 @@ from typing import Any
 from model.settings import (
     APP_CREDENTIALS_FILE,
     APP_UID,
+    DB_ALIAS,
+    NET_BACKEND,
+    NET_DCS,
+    PATRONI_API_USER,
+    PATRONI_REPLICATION_USER,
+    PATRONI_REWIND_USER,
+    PATRONI_SECRETS,
+    PGDATA,
+    POSTGRES_PORT,
+    POSTGRES_UID,
     PROVISION_DONE_FILE,
     PROXY_CONFIG_SOURCE,
     PROXY_CONFIG_TARGET,
@@ -30,11 +40,16 @@ from model.settings import (
     PROXY_HEALTHCHECK_TARGET,
     PROXY_MAX_TASKS,
     PROXY_UID,
+    SECRET_PATRONI_API,
+    SECRET_PATRONI_REPLICATION,
+    SECRET_PATRONI_REWIND,
+    SECRET_POSTGRES_BOOTSTRAP,
     SECRETS_DIR,
     START_INTERVAL_MS,
     SWARM_TARGET,
     VOL_APP_CREDENTIALS,
     VOL_BACKUPS,
+    VOL_DATA,
     ContainerSpec,
     Healthcheck,
     StackSettings,
@@ -47,6 +62,20 @@ from model.settings import (
 # The app's role and password, one secret read by the job and by every app task (two lines).
 APP_CREDENTIALS_SECRET = "app_credentials"  # noqa: S105  # pragma: allowlist secret (a name)
 PROXY_SERVICE = "proxy"
+# postgresMembers 3 (docs/swarm.md): members postgres-k and etcd-k on the node labelled k, the router `postgres`.
+MEMBERS = (1, 2, 3)
+PATRONI_SOURCE = Path(__file__).resolve().parent.parent / "patroni"
+PATRONI_DIR = "/etc/patroni"
+ROUTER_CONFIG_SOURCE = Path(__file__).resolve().parent.parent / "proxy" / "postgres-router.cfg"
+# Its own name among the configs (the edge proxy's file has the same path in its container).
+PROXY_CONFIG_TARGET_ROUTER = "/usr/local/etc/haproxy/postgres-router.cfg"
+ROUTER_REPLICAS = 2
+ROUTER_REPLICA_PORT = 5433
+PATRONI_API_PORT = 8008
+ETCD_CLIENT_PORT, ETCD_PEER_PORT = 2379, 2380
+ETCD_DATA = "/var/lib/etcd"
+ETCD_MEMORY_MB = 256
+VOL_ETCD = "etcd_data"
 RETIRE_SERVICE = "db-retire"
 PROVISION_WAIT_S = 300
 # Update gate: a new task must pass its healthcheck, then stay up this long, before the next one starts.
@@ -151,6 +180,17 @@ class SwarmModel:
 
     def service(self, name: str) -> ServiceSpec:
         return next(svc for svc in self.services if svc.name == name)
+
+    @property
+    def dcs(self) -> list[ServiceSpec]:
+        """etcd, with a Patroni cluster: started together, before the database."""
+        return [svc for svc in self.services if svc.name.startswith("etcd-")]
+
+    @property
+    def database(self) -> list[ServiceSpec]:
+        """The server or the members, the router, then the job: each converged before the next starts."""
+        return [svc for svc in self.services if svc.name == DB_ALIAS or svc.name.startswith("postgres-")
+                or svc.name == "db-provision"]
 
 
 def content_name(prefix: str, name: str, content: str, key: str | None = None) -> str:
@@ -303,11 +343,10 @@ def swarm_model(s: StackSettings) -> SwarmModel:
         "pinned": True, "order": "stop-first", "env": job_env, "drop_mounts": (VOL_APP_CREDENTIALS,),
         "extra_secrets": (FileRef(APP_CREDENTIALS_SECRET, APP_CREDENTIALS_SECRET, 0, 0, 0o400),),
         "restart": RestartPolicy("on-failure", 5, 3)}
-    services = [
+    database = ([*etcd_services(s, sw), *member_services(s, sw), router_service(s, sw)] if sw.members == 3 else [
         # Never two servers on one data directory: stop the old task before starting the new one.
-        _service(s.postgres, s, sw, s.postgres_image, pinned=True, order="stop-first"),
-        _service(job, s, sw, s.postgres_image, **job_args),
-    ]
+        _service(s.postgres, s, sw, s.postgres_image, pinned=True, order="stop-first")])
+    services = [*database, _service(job, s, sw, s.postgres_image, **job_args)]
     retire = _service(replace(job, service=RETIRE_SERVICE), s, sw, s.postgres_image, **job_args)
     publish = {svc: (pub, target) for svc, pub, target in sw.proxy_ports}
     for spec in s.apps:
@@ -319,8 +358,12 @@ def swarm_model(s: StackSettings) -> SwarmModel:
         services.append(_service(spec, s, sw, s.app_image, replicas=sw.replicas[spec.service], env=app_env(spec),
                                  drop_mounts=(VOL_APP_CREDENTIALS, VOL_BACKUPS),
                                  extra_secrets=(creds_app,) if uses_db else (), ports=ports))
-    services.append(_service(s.backup, s, sw, s.postgres_image, pinned=True, order="stop-first"))
+    # With a cluster the dumps are read from a replica (the router's second port): none of the leader's work.
+    backup_env = {**dict(s.backup.env), "PGPORT": str(ROUTER_REPLICA_PORT)} if sw.members == 3 else None
+    services.append(_service(s.backup, s, sw, s.postgres_image, pinned=True, order="stop-first", env=backup_env))
     configs = {config_key(path): (path, content) for c in (*s.containers, job) for path, content in c.uploads}
+    if sw.members == 3:
+        configs.update({config_key(path): (path, content) for path, content in cluster_files()})
     if sw.endpoint_mode == "dnsrr":
         services.append(_proxy_service(s, sw))
         configs[config_key(PROXY_CONFIG_TARGET)] = (PROXY_CONFIG_TARGET, proxy_config())
@@ -333,8 +376,129 @@ def swarm_model(s: StackSettings) -> SwarmModel:
         configs=dict(sorted(configs.items())),
         networks=dict(s.networks),
         encrypted=sw.encrypted,
-        volumes={k: v for k, v in s.volumes.items() if k != VOL_APP_CREDENTIALS},
+        volumes=_volumes(s, sw),
         retire=retire,
+    )
+
+
+def _volumes(s: StackSettings, sw: SwarmSettings) -> dict[str, str]:
+    volumes = {k: v for k, v in s.volumes.items() if k != VOL_APP_CREDENTIALS}
+    if sw.members == 3:
+        del volumes[VOL_DATA]
+        for k in MEMBERS:
+            volumes[f"{VOL_DATA}_{k}"] = f"{s.prefix}_{VOL_DATA}_{k}"
+            volumes[f"{VOL_ETCD}_{k}"] = f"{s.prefix}_{VOL_ETCD}_{k}"
+    return volumes
+
+
+def cluster_files() -> tuple[tuple[str, str], ...]:
+    """What the members and the router read: Patroni's settings and scripts, the router's configuration."""
+    return (*((f"{PATRONI_DIR}/{p.name}", p.read_text(encoding="utf-8"))
+              for p in sorted(PATRONI_SOURCE.iterdir()) if p.suffix in (".yml", ".py", ".sh")),
+            (PROXY_CONFIG_TARGET_ROUTER, ROUTER_CONFIG_SOURCE.read_text(encoding="utf-8")))
+
+
+def _cluster_labels(s: StackSettings, service: str) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted({"stock-analyzer.environment": s.environment, "stock-analyzer.role": "service",
+                         "stock-analyzer.service": service, "stock-analyzer.stack": s.stack,
+                         **SWARM_EXCEPTIONS}.items()))
+
+
+def etcd_services(s: StackSettings, sw: SwarmSettings) -> list[ServiceSpec]:
+    """Patroni's configuration store: three etcd members, one beside each database member, on a network of
+    their own. A quorum is two: losing one changes nothing; losing two stops every leader (docs/swarm.md)."""
+    cluster = ",".join(f"etcd-{k}=http://etcd-{k}:{ETCD_PEER_PORT}" for k in MEMBERS)
+    out = []
+    for k in MEMBERS:
+        name = f"etcd-{k}"
+        out.append(ServiceSpec(
+            name=name, image=sw.etcd_image, entrypoint=("/usr/local/bin/etcd",),
+            command=(f"--name={name}", f"--data-dir={ETCD_DATA}/member-data",
+                     f"--listen-peer-urls=http://0.0.0.0:{ETCD_PEER_PORT}",
+                     f"--listen-client-urls=http://0.0.0.0:{ETCD_CLIENT_PORT}",
+                     f"--advertise-client-urls=http://{name}:{ETCD_CLIENT_PORT}",
+                     f"--initial-advertise-peer-urls=http://{name}:{ETCD_PEER_PORT}",
+                     f"--initial-cluster={cluster}", "--initial-cluster-state=new",
+                     f"--initial-cluster-token={s.prefix}", "--quota-backend-bytes=268435456",
+                     "--auto-compaction-retention=1"),
+            # The official image runs etcd as root; here with every capability dropped and a read-only root.
+            user=None, env=(), secrets=(), configs=(),
+            mounts=(Mount("volume", ETCD_DATA, f"{VOL_ETCD}_{k}"),),
+            networks=((NET_DCS, ()),),
+            healthcheck=Healthcheck(test=("CMD", "/usr/local/bin/etcdctl", "--endpoints=http://127.0.0.1:2379",
+                                          "--command-timeout=3s", "endpoint", "health"),
+                                    interval_s=10, timeout_s=5, retries=3, start_period_s=120,
+                                    start_interval_ms=START_INTERVAL_MS),
+            cap_add=(), read_only=True, stop_signal=None, stop_grace_s=STOP_GRACE_S,
+            labels=_cluster_labels(s, name), global_mode=False, replicas=1, endpoint_mode="dnsrr",
+            constraints=(sw.member_constraint(k),), memory_limit_mb=ETCD_MEMORY_MB,
+            memory_reservation_mb=ETCD_MEMORY_MB // 2, pids_limit=256, restart=RestartPolicy("any", 2),
+            update=UpdatePolicy("stop-first", "rollback"),
+        ))
+    return out
+
+
+def member_services(s: StackSettings, sw: SwarmSettings) -> list[ServiceSpec]:
+    """The database as Patroni members, each on its own node with its own volume (patroni/). Only the router
+    answers to `postgres`; the members are reached by name by each other, the router and ops."""
+    secrets = (SECRET_POSTGRES_BOOTSTRAP, *PATRONI_SECRETS)
+    out = []
+    for k in MEMBERS:
+        name = f"postgres-{k}"
+        env = {
+            "PATRONI_NAME": name, "PATRONI_SCOPE": s.prefix,
+            "PATRONI_ETCD3_HOSTS": ",".join(f"etcd-{j}:{ETCD_CLIENT_PORT}" for j in MEMBERS),
+            "PATRONI_RESTAPI_CONNECT_ADDRESS": f"{name}:{PATRONI_API_PORT}",
+            "PATRONI_POSTGRESQL_CONNECT_ADDRESS": f"{name}:{POSTGRES_PORT}",
+            "PATRONI_API_USER": PATRONI_API_USER, "PATRONI_API_PASSWORD_SECRET": SECRET_PATRONI_API.name,
+            "PATRONI_REPLICATION_USER": PATRONI_REPLICATION_USER,
+            "PATRONI_REPLICATION_PASSWORD_SECRET": SECRET_PATRONI_REPLICATION.name,
+            "PATRONI_REWIND_USER": PATRONI_REWIND_USER,
+            "PATRONI_REWIND_PASSWORD_SECRET": SECRET_PATRONI_REWIND.name,
+            "POSTGRES_USER": s.db_superuser, "POSTGRES_PASSWORD_SECRET": SECRET_POSTGRES_BOOTSTRAP.name,
+            "POSTGRES_DB": s.db_name, "PGDATA": f"{PGDATA}/pgdata",
+        }
+        spec = _service(replace(s.postgres, service=name, aliases=(), networks=(NET_BACKEND, NET_DCS),
+                                env=tuple(sorted(env.items())), uploads=(), entrypoint=None, command=(),
+                                mounts=(), secrets=()),
+                        s, sw, sw.patroni_image, order="stop-first")
+        out.append(replace(
+            spec,
+            entrypoint=("python3", f"{PATRONI_DIR}/start.py"),
+            secrets=tuple(FileRef(x.name, x.name, POSTGRES_UID, POSTGRES_UID, 0o400) for x in secrets),
+            configs=tuple(FileRef(config_key(path), path, 0, 0, 0o444)
+                          for path, _ in cluster_files() if path.startswith(PATRONI_DIR)),
+            mounts=(Mount("volume", PGDATA, f"{VOL_DATA}_{k}"),
+                    *(mt for mt in spec.mounts if mt.type == "tmpfs")),
+            # Healthy while its PostgreSQL runs, leader or replica (Patroni's /health).
+            healthcheck=Healthcheck(test=("CMD", "python3", "-c", "import urllib.request as u; u.urlopen("
+                                          f"'http://127.0.0.1:{PATRONI_API_PORT}/health', timeout=3)"),
+                                    interval_s=5, timeout_s=4, retries=3, start_period_s=PROVISION_WAIT_S,
+                                    start_interval_ms=START_INTERVAL_MS),
+            # Patroni stops PostgreSQL (fast) and gives up the leader lock on SIGTERM, so a replica takes over at
+            # once instead of after the lock's ttl.
+            stop_signal="SIGTERM",
+            constraints=(sw.member_constraint(k),),
+            labels=_cluster_labels(s, name),
+        ))
+    return out
+
+
+def router_service(s: StackSettings, sw: SwarmSettings) -> ServiceSpec:
+    """`postgres` for everyone else: HAProxy sends :5432 to the member whose Patroni says /primary and :5433
+    to those saying /replica, and cuts a member's sessions the moment it stops being what it was."""
+    return ServiceSpec(
+        name=DB_ALIAS, image=sw.proxy_image, entrypoint=None, command=(), user=f"{PROXY_UID}:{PROXY_UID}",
+        env=(), secrets=(),
+        configs=(FileRef(config_key(PROXY_CONFIG_TARGET_ROUTER), PROXY_CONFIG_TARGET, PROXY_UID, PROXY_UID, 0o444),),
+        mounts=(), networks=((NET_BACKEND, ()),),
+        healthcheck=Healthcheck(test=("CMD", "bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{POSTGRES_PORT}"),
+                                interval_s=10, timeout_s=3, retries=3, start_period_s=30,
+                                start_interval_ms=START_INTERVAL_MS),
+        cap_add=(), read_only=True, stop_signal=None, stop_grace_s=STOP_GRACE_S,
+        labels=_cluster_labels(s, DB_ALIAS), global_mode=False, replicas=ROUTER_REPLICAS, endpoint_mode="dnsrr",
+        constraints=(), memory_limit_mb=PROXY_MEMORY_MB, memory_reservation_mb=PROXY_MEMORY_MB // 4,
+        pids_limit=256, restart=RestartPolicy("any", 2), update=UpdatePolicy("start-first", "rollback"),
     )
 
 

@@ -7,6 +7,8 @@ Stand-ins honour the contract the stack relies on:
 - python: `python3`/`python` and `python3 -m venv` (with pip) at the official image's paths.
 - haproxy: `haproxy -f /usr/local/etc/haproxy/haproxy.cfg` in the foreground as the `haproxy` user at
   uid/gid 99, SIGUSR1 to stop gracefully (as in the official image).
+- etcd: `etcd` and `etcdctl` at /usr/local/bin, no entrypoint, data where `--data-dir` says (as in the
+  official image, which is distroless: nothing else on it is relied on).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 STANDIN_LABEL = "stock-analyzer.standin"
 # Bump when a recipe changes: a cached stand-in with another version is rebuilt.
-STANDIN_VERSIONS = {"postgres": "5", "python": "2", "haproxy": "1"}
+STANDIN_VERSIONS = {"postgres": "5", "python": "2", "haproxy": "1", "etcd": "1"}
 # Debian suites by PostgreSQL major: trixie has 17, bookworm 15, bullseye 13 (the legacy major).
 SUITE_OF_MAJOR = {13: "bullseye", 15: "bookworm", 17: "trixie"}
 
@@ -139,6 +141,20 @@ def _build_haproxy(name: str) -> None:
         ], STANDIN_VERSIONS["haproxy"])
 
 
+def _build_etcd(name: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="standin-etcd-") as tmp:
+        root = Path(tmp) / "root"
+        _debootstrap(["etcd-server", "etcd-client"], root)
+        for binary in ("etcd", "etcdctl"):
+            (root / "usr/local/bin" / binary).symlink_to(f"/usr/bin/{binary}")
+        shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
+        _import(root, name, [
+            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            'CMD ["/usr/local/bin/etcd"]',
+            "EXPOSE 2379 2380",
+        ], STANDIN_VERSIONS["etcd"])
+
+
 def _recipe(name: str) -> str:
     return name.split(":")[0].rsplit("/", 1)[-1]
 
@@ -167,6 +183,8 @@ def ensure_image(name: str) -> str:
         _build_python(name)
     elif repo == "haproxy":
         _build_haproxy(name)
+    elif repo == "etcd":
+        _build_etcd(name)
     else:
         raise RuntimeError(f"no stand-in recipe for {name}")
     return "stand-in (built)"

@@ -19,7 +19,7 @@ from exporters import compose
 from model.settings import StackSettings
 from model.stack_yaml import settings_from_file
 from model.swarm import DeployedApp
-from ops import swarm_state
+from ops.swarm_state import deployed_app as read_deployed_app
 from tests.docker.pulumi_swarm_apply import SwarmApplied, apply, update
 from tests.docker.standins import ensure_image
 from tests.docker.support import sh
@@ -78,8 +78,9 @@ def swarm_lab(settings: StackSettings, base_images: dict[str, str]) -> Iterator[
 
 
 def _live(host: str | None, service: str, target: str) -> DeployedApp | None:
-    """The program's read of the running stack, from the lab's manager (as `pulumi up` would with DOCKER_HOST)."""
-    return swarm_state.deployed_app(f"unix://{node_sock(1)}", service, target)
+    """The program's read of the running stack, from the lab's manager (as `pulumi up` would with DOCKER_HOST);
+    bound at import, since the mocks patch ops.swarm_state.deployed_app with this very function."""
+    return read_deployed_app(f"unix://{node_sock(1)}", service, target)
 
 
 def _config(**overrides: str) -> dict[str, str]:
@@ -235,7 +236,7 @@ def test_app_role_rotation_fails_no_request_and_retires_the_old_password(
     names = dk(1, "secret", "ls", "--format", "{{.Name}}", "--filter",
                f"name={settings.prefix}_app_credentials").split()
     assert len(names) == 1, names
-    live = swarm_state.deployed_app(f"unix://{node_sock(1)}", _service(settings, "api"), "app_credentials")
+    live = read_deployed_app(f"unix://{node_sock(1)}", _service(settings, "api"), "app_credentials")
     assert live is not None and live.role == slot_b, live
     again = run_program(STACK, _config(appImageTag=f"{STACK}-v2", appDbPasswordVersion="2"), deployed=_live)
     assert plain(again.named("files-app-credentials").inputs) == plain(after.named("files-app-credentials").inputs)
