@@ -339,7 +339,7 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
               "3: a Patroni cluster (leader, two replicas, synchronous commit, automatic failover) with etcd, member k "
               "on the node labelled LABEL=k (docs/swarm.md).", "1"),
     ConfigKey("etcdImage", "string", "swarm with 3 members: pinned etcd image of Patroni's configuration store.",
-              "quay.io/coreos/etcd:v3.5.21"),
+              "quay.io/coreos/etcd:v3.5.16"),
     ConfigKey("patroniImage", "string", "swarm with 3 members: the members' image, built FROM postgresImage with "
               "patroni/Dockerfile; empty: stock-analyzer-patroni:<postgresImage's tag>.", ""),
     ConfigKey("swarmEncryptOverlay", "boolean", "swarm: encrypt the overlay networks (IPsec; needs the kernel's "

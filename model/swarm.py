@@ -73,7 +73,7 @@ ROUTER_REPLICAS = 2
 ROUTER_REPLICA_PORT = 5433
 PATRONI_API_PORT = 8008
 ETCD_CLIENT_PORT, ETCD_PEER_PORT = 2379, 2380
-ETCD_DATA = "/var/lib/etcd"
+ETCD_DATA = "/etcd-data"  # as in etcd's own container examples
 ETCD_MEMORY_MB = 256
 VOL_ETCD = "etcd_data"
 RETIRE_SERVICE = "db-retire"
@@ -406,14 +406,15 @@ def _cluster_labels(s: StackSettings, service: str) -> tuple[tuple[str, str], ..
 
 def etcd_services(s: StackSettings, sw: SwarmSettings) -> list[ServiceSpec]:
     """Patroni's configuration store: three etcd members, one beside each database member, on a network of
-    their own. A quorum is two: losing one changes nothing; losing two stops every leader (docs/swarm.md)."""
+    their own. A quorum is two: losing one changes nothing; losing two stops every leader (docs/swarm.md).
+    Patroni's members, started after these, are what waits for the store to answer."""
     cluster = ",".join(f"etcd-{k}=http://etcd-{k}:{ETCD_PEER_PORT}" for k in MEMBERS)
     out = []
     for k in MEMBERS:
         name = f"etcd-{k}"
         out.append(ServiceSpec(
             name=name, image=sw.etcd_image, entrypoint=("/usr/local/bin/etcd",),
-            command=(f"--name={name}", f"--data-dir={ETCD_DATA}/member-data",
+            command=(f"--name={name}", f"--data-dir={ETCD_DATA}/member",
                      f"--listen-peer-urls=http://0.0.0.0:{ETCD_PEER_PORT}",
                      f"--listen-client-urls=http://0.0.0.0:{ETCD_CLIENT_PORT}",
                      f"--advertise-client-urls=http://{name}:{ETCD_CLIENT_PORT}",
@@ -425,10 +426,9 @@ def etcd_services(s: StackSettings, sw: SwarmSettings) -> list[ServiceSpec]:
             user=None, env=(), secrets=(), configs=(),
             mounts=(Mount("volume", ETCD_DATA, f"{VOL_ETCD}_{k}"),),
             networks=((NET_DCS, ()),),
-            healthcheck=Healthcheck(test=("CMD", "/usr/local/bin/etcdctl", "--endpoints=http://127.0.0.1:2379",
-                                          "--command-timeout=3s", "endpoint", "health"),
-                                    interval_s=10, timeout_s=5, retries=3, start_period_s=120,
-                                    start_interval_ms=START_INTERVAL_MS),
+            # None: an etcd member answers nothing, not even its own status, until a quorum has formed, and
+            # Swarm's DNS lists a task only once healthy, while the members find each other by DNS.
+            healthcheck=None,
             cap_add=(), read_only=True, stop_signal=None, stop_grace_s=STOP_GRACE_S,
             labels=_cluster_labels(s, name), global_mode=False, replicas=1, endpoint_mode="dnsrr",
             constraints=(sw.member_constraint(k),), memory_limit_mb=ETCD_MEMORY_MB,

@@ -274,7 +274,9 @@ def converge(applied: SwarmApplied, name: str, i: dict[str, Any], sid: str, crea
     applied.timings[i["name"]] = time.monotonic() - started
 
 
-def _create(r: Resource, applied: SwarmApplied) -> None:
+def _create(r: Resource, applied: SwarmApplied, pending: dict[str, tuple[dict[str, Any], str]] | None = None) -> None:
+    """Create `r`. A service is converged at once, or (with `pending`) left to converge beside the others
+    created before anything depends on it, as the engine runs independent creates concurrently."""
     assert r.type in SCHEMA, f"harness does not understand resource type {r.type}"
     raw = plain(r.inputs)
     _check(raw, SCHEMA[r.type], r.name)
@@ -299,15 +301,28 @@ def _create(r: Resource, applied: SwarmApplied) -> None:
         status, body = applied.api("POST", "/services/create", service_spec(i))
         assert status == 201, f"service {i['name']}: {status} {body}"
         applied.services[r.name] = applied.real[mock_id] = body["ID"]
-        converge(applied, r.name, i, body["ID"], creating=True)
+        if pending is None:
+            converge(applied, r.name, i, body["ID"], creating=True)
+        else:
+            pending[r.urn] = (i, body["ID"])
     applied.inputs[r.name] = json.dumps(raw, sort_keys=True)
 
 
 def apply(rec: Recording, sock: str) -> SwarmApplied:
     applied = SwarmApplied(sock=sock)
+    pending: dict[str, tuple[dict[str, Any], str]] = {}  # urn -> (inputs, service id), created, not converged
+    names = {r.urn: r.name for r in rec.resources}
+
+    def settle(urns: list[str]) -> None:
+        for urn in urns:
+            i, sid = pending.pop(urn)
+            converge(applied, names[urn], i, sid, creating=True)
+
     try:
         for r in _order(rec):
-            _create(r, applied)
+            settle([d for d in r.dependencies if d in pending])
+            _create(r, applied, pending)
+        settle(list(pending))
     except BaseException:
         applied.destroy()
         raise

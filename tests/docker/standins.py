@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 STANDIN_LABEL = "stock-analyzer.standin"
 # Bump when a recipe changes: a cached stand-in with another version is rebuilt.
-STANDIN_VERSIONS = {"postgres": "5", "python": "2", "haproxy": "1", "etcd": "1"}
+STANDIN_VERSIONS = {"postgres": "5", "python": "2", "haproxy": "1", "etcd": "2"}
 # Debian suites by PostgreSQL major: trixie has 17, bookworm 15, bullseye 13 (the legacy major).
 SUITE_OF_MAJOR = {13: "bullseye", 15: "bookworm", 17: "trixie"}
 
@@ -147,6 +147,8 @@ def _build_etcd(name: str) -> None:
         _debootstrap(["etcd-server", "etcd-client"], root)
         for binary in ("etcd", "etcdctl"):
             (root / "usr/local/bin" / binary).symlink_to(f"/usr/bin/{binary}")
+        # The package's own data directory (the etcd user's, 0700) is no part of the official image.
+        shutil.rmtree(root / "var/lib/etcd", ignore_errors=True)
         shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
         _import(root, name, [
             "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
