@@ -378,3 +378,42 @@ def test_the_api_is_published_on_a_swarm_only_when_swarm_publish_api_asks(mode: 
         assert published == expected, (mode, publish, published)
         if mode == "dnsrr":  # the proxy's API frontend still listens on the overlay (its config needs the port)
             assert ("API_PORT", "5000") in m.service("proxy").env
+
+
+class _FakeService:
+    def __init__(self, name: str, attrs: dict[str, Any]) -> None:
+        self.name, self.attrs = name, attrs
+
+
+def test_the_deployed_app_is_read_from_the_exact_service_and_the_secret_at_the_app_target(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import docker.errors
+
+    from ops import swarm_state
+
+    spec = {"Spec": {"Labels": {"stock-analyzer.app-role": "app_b"}, "TaskTemplate": {"ContainerSpec": {"Secrets": [
+        {"SecretName": "s_admin_password-1", "File": {"Name": "admin_password"}},
+        {"SecretName": "s_app_credentials-2", "File": {"Name": "app_credentials"}}]}}}}
+    listed: list[_FakeService] = []
+
+    class Client:
+        class services:  # noqa: N801 (the SDK's attribute)
+            @staticmethod
+            def list(filters: dict[str, str]) -> list[_FakeService]:
+                return listed
+
+    monkeypatch.setattr(swarm_state, "_client", lambda host: Client())
+    assert swarm_state.deployed_app(None, "s_api", "app_credentials") is None
+    listed[:] = [_FakeService("s_api2", spec)]  # the name filter matches prefixes: only the exact name counts
+    assert swarm_state.deployed_app(None, "s_api", "app_credentials") is None
+    listed.append(_FakeService("s_api", spec))
+    assert swarm_state.deployed_app(None, "s_api", "app_credentials") == DeployedApp("s_app_credentials-2", "app_b")
+    assert swarm_state.deployed_app(None, "s_api", "nothing_there") is None
+
+    def refused(host: str | None) -> Any:
+        raise docker.errors.DockerException("Error while fetching server API version: connection refused\nmore")
+    monkeypatch.setattr(swarm_state, "_client", refused)
+    with pytest.raises(RuntimeError) as err:
+        swarm_state.deployed_app("tcp://manager:2376", "s_api", "app_credentials")
+    assert str(err.value) == ("cannot read service s_api from the Docker engine at tcp://manager:2376: "
+                              "Error while fetching server API version: connection refused")
