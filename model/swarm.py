@@ -398,7 +398,7 @@ def cluster_files() -> tuple[tuple[str, str], ...]:
             (PROXY_CONFIG_TARGET_ROUTER, ROUTER_CONFIG_SOURCE.read_text(encoding="utf-8")))
 
 
-def _cluster_labels(s: StackSettings, service: str) -> tuple[tuple[str, str], ...]:
+def _service_labels(s: StackSettings, service: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted({"stock-analyzer.environment": s.environment, "stock-analyzer.role": "service",
                          "stock-analyzer.service": service, "stock-analyzer.stack": s.stack,
                          **SWARM_EXCEPTIONS}.items()))
@@ -430,7 +430,7 @@ def etcd_services(s: StackSettings, sw: SwarmSettings) -> list[ServiceSpec]:
             # Swarm's DNS lists a task only once healthy, while the members find each other by DNS.
             healthcheck=None,
             cap_add=(), read_only=True, stop_signal=None, stop_grace_s=STOP_GRACE_S,
-            labels=_cluster_labels(s, name), global_mode=False, replicas=1, endpoint_mode="dnsrr",
+            labels=_service_labels(s, name), global_mode=False, replicas=1, endpoint_mode="dnsrr",
             constraints=(sw.member_constraint(k),), memory_limit_mb=ETCD_MEMORY_MB,
             memory_reservation_mb=ETCD_MEMORY_MB // 2, pids_limit=256, restart=RestartPolicy("any", 2),
             update=UpdatePolicy("stop-first", "rollback"),
@@ -479,7 +479,7 @@ def member_services(s: StackSettings, sw: SwarmSettings) -> list[ServiceSpec]:
             # once instead of after the lock's ttl.
             stop_signal="SIGTERM",
             constraints=(sw.member_constraint(k),),
-            labels=_cluster_labels(s, name),
+            labels=_service_labels(s, name),
         ))
     return out
 
@@ -496,7 +496,7 @@ def router_service(s: StackSettings, sw: SwarmSettings) -> ServiceSpec:
                                 interval_s=10, timeout_s=3, retries=3, start_period_s=30,
                                 start_interval_ms=START_INTERVAL_MS),
         cap_add=(), read_only=True, stop_signal=None, stop_grace_s=STOP_GRACE_S,
-        labels=_cluster_labels(s, DB_ALIAS), global_mode=False, replicas=ROUTER_REPLICAS, endpoint_mode="dnsrr",
+        labels=_service_labels(s, DB_ALIAS), global_mode=False, replicas=ROUTER_REPLICAS, endpoint_mode="dnsrr",
         constraints=(), memory_limit_mb=PROXY_MEMORY_MB, memory_reservation_mb=PROXY_MEMORY_MB // 4,
         pids_limit=256, restart=RestartPolicy("any", 2), update=UpdatePolicy("start-first", "rollback"),
     )
@@ -509,8 +509,6 @@ def _proxy_service(s: StackSettings, sw: SwarmSettings) -> ServiceSpec:
         env[f"{svc.upper()}_PORT"] = str(target)
         if sw.published(svc):  # the API's frontend listens on the overlay only unless swarmPublishApi
             ports.append(Port(target, pub, "host"))
-    labels = {"stock-analyzer.environment": s.environment, "stock-analyzer.role": "service",
-              "stock-analyzer.service": PROXY_SERVICE, "stock-analyzer.stack": s.stack, **SWARM_EXCEPTIONS}
     return ServiceSpec(
         name=PROXY_SERVICE,
         image=sw.proxy_image,
@@ -529,7 +527,7 @@ def _proxy_service(s: StackSettings, sw: SwarmSettings) -> ServiceSpec:
         read_only=True,
         stop_signal=None,
         stop_grace_s=STOP_GRACE_S,
-        labels=tuple(sorted(labels.items())),
+        labels=_service_labels(s, PROXY_SERVICE),
         # One per node, published on the node's own address: whichever node a client (or the DNS name in
         # front of the cluster) reaches answers.
         global_mode=True,
