@@ -125,11 +125,11 @@ def test_a_drill_on_its_schedule_turns_red_on_a_damaged_backup(pitr: Pitr, capsy
     try:
         wait_for("the scheduled drill to fail", lambda: int(pitr.status("drill").get("time", "0")) > before
                  and pitr.status("drill")["result"] == "failed", timeout_s=240, interval_s=1)
-    except AssertionError as err:
+    except AssertionError as timed_out:
         logs = sh("docker", "logs", "--tail", "20", pitr.s.pitr_runner.container_name,  # type: ignore[union-attr]
                   check=False)
-        status = pitr.status("drill")
-        raise AssertionError(f"{err}; drill status {status}; runner log:\n{logs.stdout}{logs.stderr}") from None
+        drill = pitr.status("drill")
+        raise AssertionError(f"{timed_out}; drill status {drill}; runner log:\n{logs.stdout}{logs.stderr}") from None
     assert pitr.pitr_sh("health", check=False)[0] == 1
     status, body = http("GET", pitr.st.url("admin", "/metrics"), headers={
         "Authorization": "Basic " + __import__("base64").b64encode(
