@@ -1,0 +1,287 @@
+"""The replicated database (`postgresMembers: 3`) on the three-node lab: a Patroni cluster with etcd, deployed
+through the Pulumi path (the program's inputs under mocks, applied with the provider's semantics), then the
+failures of issue 21 under a bounded write loop through the API whose acknowledged rows are logged.
+
+Each scenario leaves the cluster healthy (one leader, two streaming replicas, no lag) for the next. Figures
+are printed (pytest -s, or the captured output of a failure) and quoted in docs/swarm.md."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from model.settings import StackSettings, load_settings
+from model.swarm import DeployedApp
+from ops.swarm_state import deployed_app as read_deployed_app
+from tests.docker.cluster_support import MEMBERS, Cluster, Writes
+from tests.docker.pulumi_swarm_apply import SwarmApplied, apply, update
+from tests.docker.standins import ensure_image
+from tests.docker.support import sh
+from tests.docker.swarm_support import (
+    build_app_image,
+    dk,
+    lab,
+    lab_images,
+    node_sock,
+    remove_stack_objects,
+    swarm_settled,
+    wait_until,
+)
+from tests.pulumi_mocks import ROOT, Recording, committed_config, run_program
+
+pytestmark = pytest.mark.docker
+
+STACK = "swarm"
+FIGURES: dict[str, Any] = {}
+PREFIX = "stock-analyzer:"
+
+
+def _config(**overrides: str) -> dict[str, str]:
+    cfg = committed_config(STACK)
+    cfg.update({f"{PREFIX}postgresMembers": "3", **{f"{PREFIX}{k}": v for k, v in overrides.items()}})
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def settings() -> StackSettings:
+    return load_settings({k[len(PREFIX):]: v for k, v in _config().items() if k.startswith(PREFIX)}, STACK)
+
+
+def _build_patroni(s: StackSettings, tag: str, revision: str) -> None:
+    sh("docker", "build", "-q", "--build-arg", f"POSTGRES_IMAGE={s.postgres_image}", "--label",
+       f"stock-analyzer.test-revision={revision}", "-t", tag, str(ROOT / "patroni"), timeout=900)
+
+
+def _live(host: str | None, service: str, target: str) -> DeployedApp | None:
+    """The program's read of the running stack, from the lab's manager (bound at import: the mocks patch
+    ops.swarm_state.deployed_app with this very function)."""
+    return read_deployed_app(f"unix://{node_sock(1)}", service, target)
+
+
+@pytest.fixture(scope="module")
+def cluster_lab(settings: StackSettings, base_images: dict[str, str]) -> Iterator[None]:
+    """Three nodes, each labelled with its member number, the images loaded; torn down whatever happens."""
+    sw = settings.swarm
+    assert sw is not None and sw.members == 3
+    try:
+        lab("up", str(len(MEMBERS)))
+        for image in (sw.proxy_image, sw.etcd_image):
+            ensure_image(image)
+        build_app_image(settings.app_image, settings.python_base_image, "1")
+        _build_patroni(settings, sw.patroni_image, "1")
+        _build_patroni(settings, f"{sw.patroni_image}-r2", "2")
+        lab_images([sw.patroni_image, f"{sw.patroni_image}-r2", sw.etcd_image, sw.proxy_image, settings.app_image])
+        for k in MEMBERS:
+            node = dk(1, "node", "ls", "--filter", f"name=node{k}", "-q").strip()
+            dk(1, "node", "update", "--label-add", f"{sw.db_node_label}={k}", node)
+        yield
+    finally:
+        lab("down")
+        print("\ncluster figures:", FIGURES)
+
+
+@pytest.fixture(scope="module")
+def deployed(cluster_lab: None, settings: StackSettings) -> Iterator[tuple[SwarmApplied, Cluster]]:
+    remove_stack_objects(settings.prefix)
+    rec = run_program(STACK, _config(), deployed=_live)
+    started = time.monotonic()
+    applied = apply(rec, node_sock(1))
+    FIGURES["pulumi up (create, s)"] = round(time.monotonic() - started, 1)
+    cluster = Cluster(settings.prefix, settings.db_superuser, settings.db_name)
+    yield applied, cluster
+    applied.destroy()
+    remove_stack_objects(settings.prefix)
+
+
+def _others(*nodes: int) -> list[int]:
+    return [k for k in MEMBERS if k not in nodes]
+
+
+def _all_acked_present(c: Cluster, w: Writes, via: int) -> set[str]:
+    """Acknowledged days missing from member `via` (the leader, once healthy)."""
+    present = c.days(w.symbol, via)
+    return {day for day, _ in w.acked} - present
+
+
+def test_the_cluster_forms_with_one_leader_and_a_synchronous_standby(
+        deployed: tuple[SwarmApplied, Cluster]) -> None:
+    _, c = deployed
+    c.wait("a healthy cluster", c.healthy, 120, 2)
+    roles = sorted(m["Role"] for m in c.members())
+    assert roles == ["Leader", "Replica", "Sync Standby"], roles
+    leader = c.leader()
+    assert leader is not None and c.writable(leader)
+    assert [k for k in MEMBERS if k != leader and c.writable(k)] == []
+    # The app's writes go through the router to the leader, and a synchronous standby holds them at once.
+    with Writes(_others(), "FORM", max_requests=50) as w:
+        w.wait_acked(50)
+    assert not w.failed, w.summary()
+    (sync,) = [int(m["Member"][-1]) for m in c.members() if m["Role"] == "Sync Standby"]
+    assert _all_acked_present(c, w, sync) == set()
+
+
+def test_a_planned_switchover_under_load_loses_nothing(deployed: tuple[SwarmApplied, Cluster]) -> None:
+    """To node 2 (not the swarm's raft leader, node 1), where the next scenarios want the leader."""
+    _, c = deployed
+    if c.leader() == 2:  # as it may be after the bootstrap: away first, so that the measured move is to node 2
+        c.switchover(3)
+        c.wait("postgres-3 to lead", lambda: c.leader() == 3 and c.healthy(), 90, 1)
+    tl = c.timeline()
+    target = 2
+    with Writes(_others(), "SWCH") as w:
+        w.wait_acked(40)
+        started = time.monotonic()
+        c.switchover(target)
+        moved = c.wait(f"postgres-{target} to lead", lambda: c.leader() == target, 60, 0.5)
+        seconds = time.monotonic() - started
+        c.wait("the cluster healthy again", c.healthy, 90, 1)
+        w.wait_acked(len(w.acked) + 40)
+    FIGURES["switchover: seconds, writes/failed, longest gap s"] = (
+        round(seconds, 1), (w.count, len(w.failed)), round(w.longest_gap_s(), 1))
+    print(f"switchover to postgres-{target} in {seconds:.1f} s ({moved:.1f} s after the command);", w.summary())
+    assert c.timeline() == tl + 1
+    assert _all_acked_present(c, w, target) == set()
+    assert seconds <= 30
+
+
+def test_losing_the_synchronous_standbys_node_fails_no_write(deployed: tuple[SwarmApplied, Cluster]) -> None:
+    """The worst replica to lose: commits wait on it until the leader's walsender gives up on the cut link
+    (wal_sender_timeout) and Patroni names the other replica synchronous."""
+    _, c = deployed
+    leader = c.leader()
+    assert leader is not None
+    (sync,) = [int(m["Member"][-1]) for m in c.members() if m["Role"] == "Sync Standby"]
+    with Writes(_others(sync), "RCUT") as w:
+        w.wait_acked(40)
+        lab("cut", str(sync))
+        cut_at = time.monotonic()
+        try:
+            other = _others(sync, leader)[0]
+            c.wait(f"postgres-{other} synchronous", lambda: c.role_of(other, via=(leader, other)) == "Sync Standby",
+                   60, 1)
+            resync = time.monotonic() - cut_at
+            n = len(w.acked)
+            w.wait_acked(n + 40)
+        finally:
+            lab("heal", str(sync))
+        c.wait(f"postgres-{sync} streaming again", c.healthy, 120, 2)
+        w.wait_acked(len(w.acked) + 20)
+    FIGURES["replica's node cut: new sync standby s, writes/failed, longest gap s"] = (
+        round(resync, 1), (w.count, len(w.failed)), round(w.longest_gap_s(), 1))
+    print(f"node{sync} (the synchronous standby) cut: postgres-{other} synchronous after {resync:.1f} s;",
+          w.summary())
+    assert c.leader() == leader, "losing a replica moved the leader"
+    assert _all_acked_present(c, w, leader) == set()
+    assert _all_acked_present(c, w, sync) == set(), "the healed replica did not catch up"
+    assert not w.failed, w.summary()
+    wait_until("every node Ready and every manager reachable again", swarm_settled, 120, 2)
+
+
+def test_losing_the_leaders_node_loses_no_acknowledged_write(deployed: tuple[SwarmApplied, Cluster]) -> None:
+    """The leader's node cut under writes: a replica takes over once the leader's lock expires; after the heal
+    the old leader rewinds onto the new timeline and streams, with no step by hand."""
+    _, c = deployed
+    old = c.leader()
+    assert old == 2, f"the leader is postgres-{old}; the switchover scenario puts it on node 2"
+    tl = c.timeline()
+    survivors = _others(old)
+    with Writes(survivors, "LCUT") as w:
+        w.wait_acked(40)
+        lab("cut", str(old))
+        cut_at = time.monotonic()
+        try:
+            c.wait("a new leader", lambda: c.leader(via=tuple(survivors)) not in (None, old), 90, 1)
+            failover = time.monotonic() - cut_at
+            n = len(w.acked)
+            w.wait_acked(n + 40, timeout_s=90)
+            writes_back = w.acked[n][1] + w.started - cut_at
+        finally:
+            lab("heal", str(old))
+        rejoin = c.wait(f"postgres-{old} back as a replica", c.healthy, 180, 2)
+        w.wait_acked(len(w.acked) + 20)
+    new = c.leader()
+    assert new is not None and new != old
+    lost = _all_acked_present(c, w, new)
+    FIGURES["leader's node cut: new leader s, writes back s, writes/failed, lost, rejoin after heal s"] = (
+        round(failover, 1), round(writes_back, 1), (w.count, len(w.failed)), len(lost), round(rejoin, 1))
+    print(f"node{old} (the leader) cut: postgres-{new} leads after {failover:.1f} s, writes acknowledged again "
+          f"after {writes_back:.1f} s; postgres-{old} streaming {rejoin:.1f} s after the heal;", w.summary())
+    assert lost == set(), f"{len(lost)} acknowledged writes lost"
+    assert c.timeline() == tl + 1
+    assert c.role_of(old) in ("Replica", "Sync Standby")
+    assert _all_acked_present(c, w, old) == set(), "the old leader did not catch up"
+    assert failover <= 30, f"failover took {failover:.1f} s"
+    wait_until("every node Ready and every manager reachable again", swarm_settled, 120, 2)
+
+
+def test_etcd_losing_one_member_changes_nothing_and_losing_two_stops_writes(
+        deployed: tuple[SwarmApplied, Cluster], settings: StackSettings) -> None:
+    _, c = deployed
+    leader = c.leader()
+    assert leader is not None
+    away = _others(leader)
+
+    def scale(k: int, n: int) -> None:
+        dk(1, "service", "scale", "--detach", f"{settings.prefix}_etcd-{k}={n}", timeout=60)
+
+    with Writes(_others(), "ETCD") as w:
+        w.wait_acked(40)
+        scale(away[0], 0)
+        time.sleep(20)  # more than the ttl: a leader that could not renew its lock would have demoted
+        one_lost = len(w.failed)
+        assert c.leader() == leader and c.writable(leader)
+        scale(away[1], 0)
+        lost_at = time.monotonic()
+        try:
+            demoted = c.wait("the leader to demote itself", lambda: not c.writable(leader), 60, 1)
+            assert not any(c.writable(k) for k in MEMBERS), "a server still takes writes without a quorum"
+            time.sleep(5)
+            refused = len(w.failed)
+        finally:
+            scale(away[0], 1)
+            scale(away[1], 1)
+        back = c.wait("a leader again", lambda: c.leader() is not None and c.healthy(), 120, 2)
+        n = len(w.acked)
+        w.wait_acked(n + 40, timeout_s=60)
+    FIGURES["etcd: failed with one lost, leader demoted after s, back after heal s, writes/failed"] = (
+        one_lost, round(demoted, 1), round(back, 1), (w.count, len(w.failed)))
+    print(f"etcd lost one member: {one_lost} failed writes; lost two: leader read-only after {demoted:.1f} s "
+          f"({time.monotonic() - lost_at:.0f} s without quorum in all); back {back:.1f} s after the heal;",
+          w.summary())
+    assert one_lost == 0, w.failed
+    assert refused > one_lost, "writes were accepted without a quorum"
+    assert _all_acked_present(c, w, c.leader() or leader) == set()
+
+
+def test_a_rolling_image_update_changes_the_leader_at_most_once(
+        deployed: tuple[SwarmApplied, Cluster], settings: StackSettings) -> None:
+    """Members update in order 1, 2, 3. With the leader on the last one first (one planned switchover when it
+    is not), the replicas restart first and the leader once, last."""
+    applied, c = deployed
+    sw = settings.swarm
+    assert sw is not None
+    if c.leader() != MEMBERS[-1]:
+        c.switchover(MEMBERS[-1])
+        c.wait("postgres-3 to lead", lambda: c.leader() == MEMBERS[-1] and c.healthy(), 90, 1)
+    tl = c.timeline()
+    after: Recording = run_program(STACK, _config(patroniImage=f"{sw.patroni_image}-r2"), deployed=_live)
+    with Writes(_others(), "ROLL") as w:
+        w.wait_acked(40)
+        started = time.monotonic()
+        changed = update(applied, after)
+        seconds = time.monotonic() - started
+        c.wait("the cluster healthy on the new image", c.healthy, 120, 2)
+        w.wait_acked(len(w.acked) + 40)
+    images = {dk(k, "inspect", "-f", "{{.Config.Image}}", c.container(k) or "none", check=False).strip()
+              for k in MEMBERS}
+    FIGURES["rolling update: s, leader changes, writes/failed, longest gap s"] = (
+        round(seconds, 1), c.timeline() - tl, (w.count, len(w.failed)), round(w.longest_gap_s(), 1))
+    print(f"rolling update of {len(changed)} resources in {seconds:.1f} s, timeline {tl} -> {c.timeline()};",
+          w.summary())
+    assert images == {f"{sw.patroni_image}-r2"}, images
+    assert c.timeline() - tl <= 1
+    leader = c.leader()
+    assert leader is not None and _all_acked_present(c, w, leader) == set()
