@@ -9,6 +9,7 @@
     python -m ops drill   --stack STACK [--repo N]
     python -m ops upgrade --stack STACK --to-image IMAGE | --roll-back
     python -m ops doctor  --stack STACK
+    python -m ops switchover --stack STACK [--to MEMBER]     (swarm, postgresMembers: 3)
 
 Talks to the engine in DOCKER_HOST (or the local socket). Every refusal is one `error:` line and exit 1,
 with nothing changed. Runbooks: docs/operations.md.
@@ -38,10 +39,13 @@ from model.settings import (
     is_image_ref,
 )
 from model.stack_yaml import PROJECT_DIR, settings_from_file
+from model.swarm import MEMBERS
 from ops import pitr
+from ops.cluster import ClusterOps
 from ops.doctor import MIN_FREE_GB, WARN_FREE_GB, Doctor, report
 from ops.engine import Engine, OpsError, Progress
 from ops.migrate import SUPERUSER_RECORD, Source, data_major, generate_password, migrate, volume_labels
+from ops.swarm_state import engine_client
 
 BACKUP_SCRIPT = "/backup/backup.sh"
 # Commands that hold the stack while they run (see Engine.stack_lock); the others refuse while one does.
@@ -416,6 +420,20 @@ def _last_line(out: str, code: int) -> str:
     return lines[-1].split(" backup: ", 1)[-1].removeprefix("error: ")
 
 
+CLUSTER_COMMANDS = ("switchover", "doctor")
+
+
+def cluster_command(args: argparse.Namespace, s: StackSettings) -> int:
+    """The replicated swarm database's commands, through the manager (DOCKER_HOST or docker:host)."""
+    cluster = ClusterOps(s, engine_client(None))
+    if args.command == "switchover":
+        print(cluster.switchover(args.to))
+        return 0
+    text, code = report(cluster.doctor())
+    print(text)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ops", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -457,6 +475,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--to-image", help="the new postgres image, e.g. postgres:17.6-trixie")
     p.add_argument("--roll-back", action="store_true", help="put the PostgreSQL data an earlier upgrade kept "
                                                             "back into the data volume")
+    p = sub.add_parser("switchover", help="swarm, postgresMembers 3: move the leader (planned, for maintenance), "
+                                          "wait until every member streams from the new one")
+    p.add_argument("--stack", required=True)
+    p.add_argument("--to", type=int, choices=MEMBERS, help="the member to lead (default: the synchronous standby)")
     p = sub.add_parser("doctor", help="check the engine, disk, images, containers, ports, networks and the "
                                       "database login; one line per check with the fix; exit 1 on a failure")
     p.add_argument("--stack", required=True)
@@ -468,6 +490,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         s = settings_from_file(args.stack, args.project)
+        if s.swarm is not None and s.swarm.members == 3 and args.command in CLUSTER_COMMANDS:
+            return cluster_command(args, s)
+        if args.command == "switchover":
+            raise OpsError(f"stack {args.stack} has one database server: a switchover needs a replicated swarm "
+                           f"database ({PROJECT}:postgresMembers: 3)")
         if s.target != "single":
             # Its commands find containers by the single-host names on one engine; a swarm's tasks live on
             # the nodes Swarm chose (docs/swarm.md says how to back up and restore there).

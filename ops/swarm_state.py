@@ -13,7 +13,7 @@ import requests
 from model.swarm import APP_ROLE_LABEL, DeployedApp
 
 
-def _client(host: str | None) -> docker.DockerClient:
+def engine_client(host: str | None) -> docker.DockerClient:
     """The engine the provider talks to: `docker:host` if set, else DOCKER_HOST or the local socket."""
     if host:
         return docker.DockerClient(base_url=host, use_ssh_client=host.startswith("ssh://"), timeout=30)
@@ -32,7 +32,7 @@ def deployed_app(host: str | None, service: str, target: str) -> DeployedApp | N
     service (or its secret) does not exist yet. Raises RuntimeError with one line if the engine cannot say."""
     where = host or os.environ.get("DOCKER_HOST") or "the local socket"
     try:
-        client = _client(host)
+        client = engine_client(host)
         found = [s for s in client.services.list(filters={"name": service}) if s.name == service]
     except (docker.errors.DockerException, requests.RequestException) as err:
         raise RuntimeError(f"cannot read service {service} from the Docker engine at {where}: "

@@ -1,5 +1,6 @@
 """A Patroni member's start: patroni/patroni.yml plus the passwords from /run/secrets, written to tmpfs
 (mode 0600) and handed to Patroni, which then replaces this process. Passwords never enter the environment.
+`start.py ctl ARGS` does the same for patronictl (ops' one-shot jobs, ops/cluster.py).
 
 The roles (names fixed in model/settings.py, created by Patroni at bootstrap): the superuser (its bootstrap
 password; the provisioning job moves it on, Patroni itself connects by socket), the replication role, the
@@ -46,13 +47,16 @@ def config() -> dict[str, object]:
     return conf
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     OUT.parent.mkdir(mode=0o700, exist_ok=True)
     fd = os.open(OUT, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         yaml.safe_dump(config(), f)
+    if argv[:1] == ["ctl"]:
+        # `start.py ctl ARGS`: patronictl with this configuration, for ops' one-shot jobs (ops/cluster.py).
+        os.execvp("patronictl", ["patronictl", "-c", str(OUT), *argv[1:]])  # noqa: S606 (no shell)
     os.execvp("patroni", ["patroni", str(OUT)])  # noqa: S606 (becomes Patroni: no shell, fixed arguments)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -404,7 +404,7 @@ def test_the_deployed_app_is_read_from_the_exact_service_and_the_secret_at_the_a
             def list(filters: dict[str, str]) -> list[_FakeService]:
                 return listed
 
-    monkeypatch.setattr(swarm_state, "_client", lambda host: Client())
+    monkeypatch.setattr(swarm_state, "engine_client", lambda host: Client())
     assert swarm_state.deployed_app(None, "s_api", "app_credentials") is None
     listed[:] = [_FakeService("s_api2", spec)]  # the name filter matches prefixes: only the exact name counts
     assert swarm_state.deployed_app(None, "s_api", "app_credentials") is None
@@ -414,7 +414,7 @@ def test_the_deployed_app_is_read_from_the_exact_service_and_the_secret_at_the_a
 
     def refused(host: str | None) -> Any:
         raise docker.errors.DockerException("Error while fetching server API version: connection refused\nmore")
-    monkeypatch.setattr(swarm_state, "_client", refused)
+    monkeypatch.setattr(swarm_state, "engine_client", refused)
     with pytest.raises(RuntimeError) as err:
         swarm_state.deployed_app("tcp://manager:2376", "s_api", "app_credentials")
     assert str(err.value) == ("cannot read service s_api from the Docker engine at tcp://manager:2376: "

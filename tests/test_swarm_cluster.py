@@ -160,7 +160,7 @@ def test_the_member_start_writes_the_passwords_to_a_private_file_not_the_environ
     monkeypatch.setattr(start, "OUT", tmp_path / "run" / "patroni.yml")
     started: list[list[str]] = []
     monkeypatch.setattr(os, "execvp", lambda f, args: started.append(args))
-    start.main()
+    start.main([])
     out = tmp_path / "run" / "patroni.yml"
     assert stat.S_IMODE(out.stat().st_mode) == 0o600 and started == [["patroni", str(out)]]
     conf = yaml.safe_load(out.read_text())
@@ -173,6 +173,11 @@ def test_the_member_start_writes_the_passwords_to_a_private_file_not_the_environ
     assert conf["restapi"]["authentication"]["password"] == values["patroni_api_password"]
     assert conf["bootstrap"] == PATRONI_YML["bootstrap"]
     assert not any(v in os.environ.values() for v in values.values())
+    # `start.py ctl ARGS` (ops' one-shot jobs): patronictl with the same file, the REST API's login in `ctl`.
+    started.clear()
+    start.main(["ctl", "list", "-f", "json"])
+    assert started[0] == ["patronictl", "-c", str(out), "list", "-f", "json"]
+    assert yaml.safe_load(out.read_text())["ctl"]["authentication"]["password"] == values["patroni_api_password"]
     (secrets / "patroni_rewind_password").write_text("\n")
     with pytest.raises(SystemExit, match="patroni_rewind_password is empty"):
-        start.main()
+        start.main([])

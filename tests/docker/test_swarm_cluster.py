@@ -73,7 +73,8 @@ def cluster_lab(settings: StackSettings, base_images: dict[str, str]) -> Iterato
         build_app_image(settings.app_image, settings.python_base_image, "1")
         _build_patroni(settings, sw.patroni_image, "1")
         _build_patroni(settings, f"{sw.patroni_image}-r2", "2")
-        lab_images([sw.patroni_image, f"{sw.patroni_image}-r2", sw.etcd_image, sw.proxy_image, settings.app_image])
+        lab_images([settings.postgres_image, sw.patroni_image, f"{sw.patroni_image}-r2", sw.etcd_image, sw.proxy_image,
+                    settings.app_image])
         for k in MEMBERS:
             node = dk(1, "node", "ls", "--filter", f"name=node{k}", "-q").strip()
             dk(1, "node", "update", "--label-add", f"{sw.db_node_label}={k}", node)
