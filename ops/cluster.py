@@ -114,9 +114,8 @@ class ClusterOps:
             raise OpsError("no running leader: a switchover needs one (ops doctor says why); nothing done")
         if to is not None and f"postgres-{to}" == leader["Member"]:
             return f"postgres-{to} already leads (timeline {leader['TL']}); nothing done"
-        args = ["switchover", "--leader", leader["Member"], "--force"]
-        if to is not None:
-            args[2:2] = ["--candidate", f"postgres-{to}"]
+        candidate = [] if to is None else ["--candidate", f"postgres-{to}"]
+        args = ["switchover", "--leader", leader["Member"], *candidate, "--force"]
         started = self.clock()
         code, out = self.ctl(*args)
         if code != 0:
