@@ -88,7 +88,7 @@ class Clock:
 def _ops(api: FakeApi, clock: Clock | None = None) -> ClusterOps:
     clock = clock or Clock()
     client = type("Client", (), {"api": api})()
-    return ClusterOps(_settings(), client, clock=clock, sleep=clock.sleep)  # type: ignore[arg-type]
+    return ClusterOps(_settings(), client, clock=clock, sleep=clock.sleep)
 
 
 def test_a_job_is_the_members_task_without_its_volume_placement_or_healthcheck() -> None:
