@@ -17,7 +17,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 import pytest
 from stock_app import healthcheck
 from stock_app.config import DbConfig, MissingSetting, read_secret
-from stock_app.store import Price, StoreUnavailable
+from stock_app.store import PostgresStore, Price, StoreUnavailable
 from stock_app.web import WsgiApp, admin_app, api_app, frontend_app
 
 
@@ -263,3 +263,71 @@ def test_admin_shows_when_the_last_good_backup_was_taken(store: FakeStore, tmp_p
     app = admin_app(store, "admin", lambda: "s3cret-value-long", lambda: last_good_backup(str(status)))
     body = call(app, "GET", "/", headers=_basic("admin", "s3cret-value-long"))[2]
     assert b"Last good backup: 2026-11-30T05:00:00Z" in body and b"FAILED" in body
+
+
+class FakeConnection:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def __enter__(self) -> FakeConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def execute(self, sql: str, params: object = None) -> FakeConnection:
+        self.log.append(sql.split()[0])
+        return self
+
+    def fetchall(self) -> list[tuple[str, int]]:
+        return [("ACME", 3)]
+
+
+def _flaky_store(monkeypatch: pytest.MonkeyPatch, failures: list[Exception]) -> tuple[PostgresStore, list[str]]:
+    """A store whose first connections fail as given (a switchover: refused, then cut, then read-only)."""
+    import psycopg
+
+    log: list[str] = []
+
+    def connect(**kw: object) -> FakeConnection:
+        log.append("connect")
+        if failures:
+            raise failures.pop(0)
+        return FakeConnection(log)
+
+    monkeypatch.setattr(psycopg, "connect", connect)
+    now = [0.0]
+    config = DbConfig("db", 5432, "stock", {"DB_USER": "app", "DB_PASSWORD": "x" * 12})
+    store = PostgresStore(config, clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
+    return store, log
+
+
+def test_a_moment_without_the_database_costs_latency_not_a_failed_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    import psycopg
+    import psycopg.errors
+
+    store, log = _flaky_store(monkeypatch, [psycopg.OperationalError("connection refused"),
+                                            psycopg.OperationalError("terminating connection (admin shutdown)"),
+                                            psycopg.errors.ReadOnlySqlTransaction("read-only transaction")])
+    assert store.counts() == {"ACME": 3}
+    assert log == ["connect", "connect", "connect", "connect", "SELECT"]
+
+
+def test_a_database_that_stays_away_fails_the_request_after_the_retry_window(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import psycopg
+
+    store, log = _flaky_store(monkeypatch, [psycopg.OperationalError("connection refused")] * 100)
+    with pytest.raises(StoreUnavailable, match="connection refused"):
+        store.counts()
+    # 0.1 s doubling to 1 s pauses inside the 6 s window: a handful of attempts, not a hundred.
+    assert 5 <= log.count("connect") <= 10
+
+
+def test_the_healthcheck_ping_is_never_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    import psycopg
+
+    store, log = _flaky_store(monkeypatch, [psycopg.OperationalError("connection refused")])
+    with pytest.raises(StoreUnavailable):
+        store.ping()
+    assert log == ["connect"]
