@@ -43,10 +43,11 @@ log() { printf '%s backup: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 now_utc() { date -u +%Y-%m-%dT%H:%M:%SZ; }
 
-# The backup role's password file; a restore is given the superuser (PGUSER, PGPASSWORD) for its one run.
+# The backup role's password file; a restore is given the superuser for its one run: PGUSER and PGPASSWORD
+# (single host, in its exec), or PGUSER and RESTORE_PASSWORD_FILE (swarm, a secret of its one-shot job).
 password() {
   if [ -z "${PGPASSWORD:-}" ]; then
-    PGPASSWORD=$(cat "$BACKUP_DB_PASSWORD_FILE")
+    PGPASSWORD=$(cat "${RESTORE_PASSWORD_FILE:-$BACKUP_DB_PASSWORD_FILE}")
     export PGPASSWORD
   fi
 }

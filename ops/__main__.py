@@ -24,6 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import docker.errors
 from docker.models.containers import Container
@@ -292,12 +293,35 @@ def _backup_container(s: StackSettings, engine: Engine) -> Container:
     return c
 
 
-def backup(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
-    c = _backup_container(s, engine)
+class BackupScript(Protocol):
+    """backup/backup.sh ARGS where the stack runs it; (exit code, stdout, or stdout and stderr on a failure).
+    As the superuser for a restore, whose password reaches that one run only."""
+
+    def __call__(self, args: str, superuser: bool = False) -> tuple[int, str]: ...
+
+
+def host_backup_script(s: StackSettings, engine: Engine) -> BackupScript:
+    """In the running db-backup container of a single-host stack."""
+    def run(args: str, superuser: bool = False) -> tuple[int, str]:
+        env = None
+        if superuser:
+            # Read from the provisioning job's record (archive API), handed to this one exec (not in `docker
+            # inspect`, not in the backup container's files).
+            password = engine.read_file(s.postgres_image, s.volumes[VOL_PROVISION_STATE], SUPERUSER_RECORD)
+            if not password:
+                raise OpsError("no superuser password recorded by the provisioning job: run `up` once first; "
+                               "nothing restored")
+            env = {"PGUSER": s.db_superuser, "PGPASSWORD": password}
+        return engine.sh(_backup_container(s, engine), f"sh {BACKUP_SCRIPT} {args}", env=env, user="",
+                         check=False, stdout_only=True)
+    return run
+
+
+def backup(s: StackSettings, script: BackupScript) -> int:
     progress = Progress(1)
     with progress.step(f"pg_dump of {s.db_name}, read back in full, checksummed, then kept as a backup"):
         # The ID is on stdout; log lines (a pruned backup, say) go to stderr and may arrive after it.
-        code, out = engine.sh(c, f"sh {BACKUP_SCRIPT} now on-demand", user="", check=False, stdout_only=True)
+        code, out = script("now on-demand")
         if code != 0:
             raise OpsError(f"backup failed, nothing kept: {_last_line(out, code)}")
     print(out.strip().splitlines()[-1])
@@ -313,8 +337,10 @@ class BackupEntry:
     checksum: bool  # a SHA-256 was recorded when it was taken
 
 
-def _listing(s: StackSettings, engine: Engine) -> tuple[list[BackupEntry], dict[str, str]]:
-    _, out = engine.sh(_backup_container(s, engine), f"sh {BACKUP_SCRIPT} list", user="", stdout_only=True)
+def _listing(script: BackupScript) -> tuple[list[BackupEntry], dict[str, str]]:
+    code, out = script("list")
+    if code != 0:
+        raise OpsError(f"cannot list the backups: {_last_line(out, code)}")
     entries = []
     for line in out.splitlines():
         if line and not line.startswith("#"):
@@ -326,8 +352,8 @@ def _listing(s: StackSettings, engine: Engine) -> tuple[list[BackupEntry], dict[
     return entries, status
 
 
-def backups(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
-    entries, status = _listing(s, engine)
+def backups(s: StackSettings, script: BackupScript, engine: Engine | None = None) -> int:
+    entries, status = _listing(script)
     print(f"{'ID':<40} {'bytes':>12}  {'taken (UTC)':<20}  {'kind':<11}  checksum")
     for e in entries:
         print(f"{e.id:<40} {e.bytes:>12}  {e.taken:<20}  {e.kind:<11}  {'sha256' if e.checksum else 'none'}")
@@ -335,14 +361,13 @@ def backups(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
           f"{status.get('last_attempt') or 'none'} ({status.get('last_result') or '-'})")
     if status.get("last_result") == "failed":
         print(f"last failure: {status.get('last_detail', '')}")
-    if s.pitr:
+    if s.pitr and engine is not None:
         print("\n".join(pitr.status_lines(s, engine)))
     return 0
 
 
-def _live_rows(s: StackSettings, engine: Engine) -> dict[str, int]:
-    code, out = engine.sh(_backup_container(s, engine), f"sh {BACKUP_SCRIPT} rows", user="", check=False,
-                          stdout_only=True)
+def _live_rows(s: StackSettings, script: BackupScript) -> dict[str, int]:
+    code, out = script("rows")
     if code != 0:
         raise OpsError(f"cannot count the rows of {s.db_name}, nothing restored: {_last_line(out, code)}")
     return {table: int(n) for table, n in (line.split("\t") for line in out.splitlines() if "\t" in line)}
@@ -359,6 +384,14 @@ def _confirm(s: StackSettings, args: argparse.Namespace, what: str) -> None:
         raise OpsError("not confirmed; nothing restored")
 
 
+def host_backup(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
+    return backup(s, host_backup_script(s, engine))
+
+
+def host_backups(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
+    return backups(s, host_backup_script(s, engine), engine)
+
+
 def restore(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
     if args.drop_scratch:
         pitr.require_pitr(s)
@@ -373,30 +406,28 @@ def restore(args: argparse.Namespace, s: StackSettings, engine: Engine) -> int:
             return pitr.restore_scratch(s, engine, target, args.scratch)
         _confirm(s, args, f"restore replaces the whole database cluster with {target.text}")
         return pitr.restore_live(s, engine, target, lambda c: _stop(s, c), lambda c: _start_again(s, c))
-    if args.to_time or args.to_latest or args.set or args.scratch:
-        raise OpsError("restore: give a logical backup ID or one of --to-time, --to-latest, --set, not both")
+    return restore_logical(args, s, host_backup_script(s, engine))
+
+
+def restore_logical(args: argparse.Namespace, s: StackSettings, script: BackupScript) -> int:
+    """A logical backup back into the live database: verified, a safety copy taken, one transaction."""
+    if args.id is None or args.to_time or args.to_latest or args.set or args.scratch or args.from_safety_copy:
+        raise OpsError("restore: give a logical backup ID or one of --to-time, --to-latest, --set, not both"
+                       if args.id is not None else "restore: give a logical backup ID (see `backups`)")
     if not _BACKUP_ID.fullmatch(args.id) or not args.id.startswith(f"{s.db_name}-"):
         raise OpsError(f"backup ID {args.id!r}: expected {s.db_name}-YYYYmmddTHHMMSSZ (see `backups`)")
-    entry = next((e for e in _listing(s, engine)[0] if e.id == args.id), None)
+    entry = next((e for e in _listing(script)[0] if e.id == args.id), None)
     if entry is None:
         raise OpsError(f"no backup {args.id} in stack {s.stack} (see `backups`)")
-    rows = _live_rows(s, engine)
+    rows = _live_rows(s, script)
     what = (f"restore replaces {sum(rows.values())} rows in {len(rows)} tables of {s.db_name} with backup "
             f"{entry.id} ({entry.kind}, taken {entry.taken})")
     _confirm(s, args, what)
-    # The superuser reaches the restore step alone: read from the provisioning job's record (archive API),
-    # handed to this one exec (not in `docker inspect`, not in the backup container's files).
-    superuser_password = engine.read_file(s.postgres_image, s.volumes[VOL_PROVISION_STATE], SUPERUSER_RECORD)
-    if not superuser_password:
-        raise OpsError("no superuser password recorded by the provisioning job: run `up` once first; nothing "
-                       "restored")
     progress = Progress(1)
     progress.say(what)
     with progress.step(f"verify {entry.id} (size, SHA-256, full read-back), take a safety copy of {s.db_name}, "
                        "restore in one transaction"):
-        code, out = engine.sh(_backup_container(s, engine), f"sh {BACKUP_SCRIPT} restore {entry.id}",
-                              env={"PGUSER": s.db_superuser, "PGPASSWORD": superuser_password}, user="",
-                              check=False, stdout_only=True)
+        code, out = script(f"restore {entry.id}", superuser=True)
         if code != 0:
             raise OpsError(f"restore failed, the database is unchanged: {_last_line(out, code)}")
     safety = out.strip().splitlines()[-1]
@@ -420,18 +451,25 @@ def _last_line(out: str, code: int) -> str:
     return lines[-1].split(" backup: ", 1)[-1].removeprefix("error: ")
 
 
-CLUSTER_COMMANDS = ("switchover", "doctor")
+CLUSTER_COMMANDS = ("switchover", "doctor", "backup", "backups", "restore")
 
 
 def cluster_command(args: argparse.Namespace, s: StackSettings) -> int:
-    """The replicated swarm database's commands, through the manager (DOCKER_HOST or docker:host)."""
+    """The replicated swarm database's commands, through the manager (DOCKER_HOST)."""
     cluster = ClusterOps(s, engine_client(None))
     if args.command == "switchover":
         print(cluster.switchover(args.to))
         return 0
-    text, code = report(cluster.doctor())
-    print(text)
-    return code
+    if args.command == "doctor":
+        text, code = report(cluster.doctor())
+        print(text)
+        return code
+    script = cluster.backup_script
+    if args.command == "backup":
+        return backup(s, script)
+    if args.command == "backups":
+        return backups(s, script)
+    return restore_logical(args, s, script)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -507,9 +545,9 @@ def main(argv: list[str] | None = None) -> int:
             print(text)
             return code
         engine = Engine()
-        command = {"adopt": adopt, "backup": backup, "backups": backups, "restore": restore,
-                   "upgrade": upgrade,
-                   "basebackup": base_backup, "drill": drill}[args.command]
+        command = {"adopt": adopt, "restore": restore, "upgrade": upgrade, "basebackup": base_backup,
+                   "drill": drill,
+                   "backup": host_backup, "backups": host_backups}[args.command]
         if args.command in EXCLUSIVE:
             # Nothing else may start a server on a volume this command is emptying or filling.
             with engine.stack_lock(s.ops_lock, s.stack, args.command, s.postgres_image):

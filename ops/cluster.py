@@ -17,14 +17,18 @@ from typing import Any
 import docker
 import docker.errors
 
-from model.settings import StackSettings
+from model.settings import POSTGRES_PORT, POSTGRES_UID, SECRET_POSTGRES, StackSettings
 from model.swarm import ETCD_CLIENT_PORT, MEMBERS, PATRONI_DIR
 from ops.doctor import FAIL, OK, WARN, Finding
 from ops.engine import OpsError
 
 JOB_LABEL = "stock-analyzer.ops-job"
 JOB_TIMEOUT_S = 120
+BACKUP_TIMEOUT_S = 3600
+BACKUP_SCRIPT = "/backup/backup.sh"
+BACKUP_SERVICE, PROVISION_SERVICE = "db-backup", "db-provision"
 TERMINAL = ("complete", "failed", "rejected", "shutdown", "orphaned")
+SYNC_ROLES = ("Quorum Standby", "Sync Standby")  # patronictl's names in quorum and in plain synchronous mode
 MAX_LAG_MB = 1  # patroni.yml's maximum_lag_on_failover (1 MiB): a replica further behind is not promoted
 
 
@@ -38,25 +42,32 @@ class ClusterOps:
     def _name(self, service: str) -> str:
         return f"{self.s.prefix}_{service}"
 
-    def _template(self, service: str) -> dict[str, Any]:
-        """The task template of a running service of the stack, as a job's starting point."""
+    def _spec(self, service: str) -> dict[str, Any]:
         name = self._name(service)
         found = [x for x in self.api.services(filters={"name": name}) if x["Spec"]["Name"] == name]
         if not found:
             raise OpsError(f"service {name} does not exist on this swarm: deploy the stack first (pulumi up)")
-        tt: dict[str, Any] = copy.deepcopy(found[0]["Spec"]["TaskTemplate"])
+        return dict(copy.deepcopy(found[0]["Spec"]))
+
+    def _template(self, service: str, keep_data: bool) -> dict[str, Any]:
+        """The task template of a service of the stack, as a job's starting point: with `keep_data` its
+        volumes and placement (the backups' volume, on its node), else neither (never a member's data)."""
+        tt: dict[str, Any] = self._spec(service)["TaskTemplate"]
         cs = tt["ContainerSpec"]
         cs.pop("Args", None)
-        cs["Mounts"] = [m for m in cs.get("Mounts") or [] if m.get("Type") == "tmpfs"]
+        if not keep_data:
+            cs["Mounts"] = [m for m in cs.get("Mounts") or [] if m.get("Type") == "tmpfs"]
+            tt.pop("Placement", None)
         cs["Healthcheck"] = {"Test": ["NONE"]}
-        tt.pop("Placement", None)
         tt["RestartPolicy"] = {"Condition": "none", "MaxAttempts": 0}
         tt["Networks"] = [{"Target": n["Target"]} for n in tt.get("Networks") or []]
         return tt
 
-    def job(self, service: str, command: list[str], timeout_s: float = JOB_TIMEOUT_S) -> tuple[int, str]:
-        """Run `command` once in a copy of `service`'s task; (exit code, output)."""
-        tt = self._template(service)
+    def job(self, service: str, command: list[str], timeout_s: float = JOB_TIMEOUT_S, keep_data: bool = False,
+            tt: dict[str, Any] | None = None) -> tuple[int, str]:
+        """Run `command` once in a copy of `service`'s task (or in `tt`); (exit code, its stdout, with its
+        stderr after it when it failed)."""
+        tt = tt or self._template(service, keep_data)
         tt["ContainerSpec"]["Command"] = command
         name = self._name("ops-job")
         try:
@@ -69,7 +80,9 @@ class ClusterOps:
             raise
         try:
             code = self._wait(name, timeout_s)
-            out = b"".join(self.api.service_logs(name, stdout=True, stderr=True, follow=False))
+            out = b"".join(self.api.service_logs(name, stdout=True, stderr=False, follow=False))
+            if code != 0:
+                out += b"".join(self.api.service_logs(name, stdout=False, stderr=True, follow=False))
             return code, out.decode("utf-8", "replace")
         finally:
             self.api.remove_service(name)
@@ -86,6 +99,31 @@ class ClusterOps:
             self.sleep(1)
         raise OpsError(f"the job {name} did not finish within {timeout_s:.0f} s (image missing on the node, or "
                        "no node with room for it); see: docker service ps --no-trunc " + name)
+
+    # -- logical backups ----------------------------------------------------------------------------------
+
+    def backup_script(self, args: str, superuser: bool = False) -> tuple[int, str]:
+        """backup/backup.sh ARGS in a job beside the scheduled backups (their volume, their node, their lock).
+        A restore logs in as the superuser, at the leader (:5432), with the superuser's secret mounted into
+        this one job only."""
+        tt = self._template(BACKUP_SERVICE, keep_data=True)
+        if superuser:
+            cs = tt["ContainerSpec"]
+            ref = self._secret_ref(PROVISION_SERVICE, SECRET_POSTGRES.name)
+            ref["File"].update(UID=str(POSTGRES_UID), GID=str(POSTGRES_UID), Mode=0o400)
+            cs["Secrets"] = [*cs.get("Secrets", []), ref]
+            env = dict(e.split("=", 1) for e in cs.get("Env") or [])
+            env.update(PGUSER=self.s.db_superuser, PGPORT=str(POSTGRES_PORT),
+                       RESTORE_PASSWORD_FILE=f"/run/secrets/{SECRET_POSTGRES.name}")
+            cs["Env"] = [f"{k}={v}" for k, v in sorted(env.items())]
+        # A restore verifies, takes its safety copy and restores: minutes on a large database.
+        return self.job(BACKUP_SERVICE, ["sh", BACKUP_SCRIPT, *args.split()], timeout_s=BACKUP_TIMEOUT_S, tt=tt)
+
+    def _secret_ref(self, service: str, target: str) -> dict[str, Any]:
+        for ref in self._spec(service)["TaskTemplate"]["ContainerSpec"].get("Secrets") or []:
+            if ref.get("File", {}).get("Name") == target:
+                return dict(ref)
+        raise OpsError(f"service {self._name(service)} mounts no secret {target}: redeploy the stack (pulumi up)")
 
     # -- Patroni ---------------------------------------------------------------------------------------
 
@@ -161,9 +199,9 @@ class ClusterOps:
                                "docs/swarm.md, runbook: no leader"))
         else:
             out.append(Finding(OK, "leader", f"{leader['Member']} on timeline {leader['TL']}"))
-        syncs = [m["Member"] for m in ms if m["Role"] == "Sync Standby"]
-        out.append(Finding(OK, "synchronous standby", syncs[0]) if syncs else Finding(
-            WARN, "synchronous standby", "none: a failover now could lose acknowledged writes",
+        syncs = [m["Member"] for m in ms if m["Role"] in SYNC_ROLES]
+        out.append(Finding(OK, "synchronous standbys", ", ".join(syncs)) if syncs else Finding(
+            WARN, "synchronous standbys", "none: commits are on the leader alone, and a failover could lose them",
             "bring a replica back (docs/swarm.md, runbook: a replica's node is lost)"))
         names = {m["Member"] for m in ms}
         for k in MEMBERS:

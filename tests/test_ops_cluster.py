@@ -35,12 +35,30 @@ MEMBER_SPEC = {
     }}
 
 
+BACKUP_SPEC = {
+    "Name": "", "TaskTemplate": {
+        "ContainerSpec": {"Image": "postgres:17", "Command": ["sh", "/backup/backup.sh", "loop"],
+                          "Env": ["PGHOST=postgres", "PGPORT=5433", "PGUSER=stock_backup"],
+                          "Mounts": [{"Type": "volume", "Source": "backups", "Target": "/var/lib/backups"}],
+                          "Secrets": [{"SecretName": "backup_pw_1", "SecretID": "b1",
+                                       "File": {"Name": "backup_db_password"}}]},
+        "Placement": {"Constraints": ["node.labels.db==1"]},
+        "Networks": [{"Target": "net-backend"}]}}
+PROVISION_SPEC = {
+    "Name": "", "TaskTemplate": {
+        "ContainerSpec": {"Image": "postgres:17", "Secrets": [
+            {"SecretName": "app_pw_1", "SecretID": "a1", "File": {"Name": "app_db_password", "UID": "0"}},
+            {"SecretName": "pg_pw_7", "SecretID": "p7", "File": {"Name": "postgres_password", "UID": "0",
+                                                                   "GID": "0", "Mode": 256}}]},
+        "Networks": []}}
+
+
 def _member(name: str, role: str, state: str = "streaming", tl: int = 2, lag: Any = 0) -> dict[str, Any]:
     return {"Member": name, "Role": role, "State": state, "TL": tl, "Lag in MB": lag}
 
 
-HEALTHY = [_member("postgres-1", "Leader", "running"), _member("postgres-2", "Sync Standby"),
-           _member("postgres-3", "Replica")]
+HEALTHY = [_member("postgres-1", "Leader", "running"), _member("postgres-2", "Quorum Standby"),
+           _member("postgres-3", "Quorum Standby")]
 
 
 class FakeApi:
@@ -54,7 +72,8 @@ class FakeApi:
         self.code = 0
 
     def services(self, filters: dict[str, str]) -> list[dict[str, Any]]:
-        spec = json.loads(json.dumps(MEMBER_SPEC))
+        spec = json.loads(json.dumps(BACKUP_SPEC if filters["name"].endswith("_db-backup") else
+                                     PROVISION_SPEC if filters["name"].endswith("_db-provision") else MEMBER_SPEC))
         spec["Name"] = filters["name"]
         return [{"Spec": spec}]
 
@@ -124,7 +143,7 @@ def test_a_job_that_never_finishes_is_bounded_and_removed() -> None:
 
 def test_switchover_names_the_candidate_and_waits_for_every_member_to_stream() -> None:
     after = [_member("postgres-1", "Replica", "running", tl=3), _member("postgres-2", "Leader", "running", tl=3),
-             _member("postgres-3", "Sync Standby", tl=3)]
+             _member("postgres-3", "Quorum Standby", tl=3)]
     settled = [_member("postgres-1", "Replica", tl=3), *after[1:]]
     lists = iter([HEALTHY, after, settled])
     commands: list[list[str]] = []
@@ -174,3 +193,37 @@ def test_doctor_judges_the_store_and_each_member(etcd: str, members: list[dict[s
     found = {f.check.split()[0]: f for f in ops.doctor()}
     assert {k: found[k].status for k in expect} == expect
     assert all(f.fix for f in found.values() if f.status != "ok"), "every warning or failure names its fix"
+
+
+def test_a_backup_job_runs_beside_the_scheduled_backups_with_the_backup_role() -> None:
+    api = FakeApi(lambda cmd: (0, "stock_analysis-20261203T120000Z"))
+    code, out = _ops(api).backup_script("now on-demand")
+    ((tt, _, _),) = api.created
+    cs = tt["ContainerSpec"]
+    assert (code, out.split()[-1]) == (0, "stock_analysis-20261203T120000Z")
+    assert cs["Command"] == ["sh", "/backup/backup.sh", "now", "on-demand"]
+    assert cs["Mounts"] == BACKUP_SPEC["TaskTemplate"]["ContainerSpec"]["Mounts"]  # type: ignore[index]
+    assert tt["Placement"] == {"Constraints": ["node.labels.db==1"]}, "the backups' volume is on one node"
+    assert [r["SecretName"] for r in cs["Secrets"]] == ["backup_pw_1"] and "PGPORT=5433" in cs["Env"]
+
+
+def test_a_restore_job_alone_gets_the_superusers_secret_and_goes_to_the_leader() -> None:
+    api = FakeApi(lambda cmd: (0, "stock_analysis-20261203T120500Z"))
+    _ops(api).backup_script("restore stock_analysis-20261203T120000Z", superuser=True)
+    ((tt, _, _),) = api.created
+    cs = tt["ContainerSpec"]
+    assert [r["SecretName"] for r in cs["Secrets"]] == ["backup_pw_1", "pg_pw_7"]
+    assert cs["Secrets"][1]["File"] == {"Name": "postgres_password", "UID": "999", "GID": "999", "Mode": 0o400}
+    assert {"PGPORT=5432", "PGUSER=postgres", "RESTORE_PASSWORD_FILE=/run/secrets/postgres_password"} <= set(cs["Env"])
+    assert not any("PGPASSWORD=" in e for e in cs["Env"]), "the password travels as a file, never in the spec"
+    assert BACKUP_SPEC["TaskTemplate"]["ContainerSpec"]["Env"] == [  # type: ignore[index]
+        "PGHOST=postgres", "PGPORT=5433", "PGUSER=stock_backup"], "the service's own spec is not touched"
+
+
+def test_a_failed_job_reports_its_stderr_last() -> None:
+    class Failing(FakeApi):
+        def service_logs(self, name: str, **kw: Any) -> list[bytes]:
+            return [b"partial\n"] if kw["stdout"] else [b"backup: error: no space left on device\n"]
+
+    code, out = _ops(Failing(lambda cmd: (1, ""))).backup_script("now on-demand")
+    assert code == 1 and out.splitlines()[-1] == "backup: error: no space left on device"
