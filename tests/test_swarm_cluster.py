@@ -110,7 +110,7 @@ def test_the_program_starts_etcd_then_the_members_in_turn_then_the_router_and_th
 
 def test_patroni_settings_never_lose_an_acknowledged_write_and_rewind_an_old_leader() -> None:
     dcs = PATRONI_YML["bootstrap"]["dcs"]
-    assert dcs["synchronous_mode"] is True
+    assert dcs["synchronous_mode"] == "quorum" and dcs["synchronous_node_count"] == 1
     assert dcs["postgresql"]["use_pg_rewind"] is True
     # Patroni's rule: the leader must be able to retry the store within its lock's life.
     assert dcs["loop_wait"] + 2 * dcs["retry_timeout"] <= dcs["ttl"] <= 30

@@ -19,6 +19,7 @@ from tests.docker.support import BoundedLoop
 from tests.docker.swarm_support import dk, lab_http, node_sock
 
 MEMBERS = (1, 2, 3)
+SYNC_ROLES = ("Quorum Standby", "Sync Standby")  # patronictl's names in quorum and in plain synchronous mode
 API_PORT = 5000
 CTL = ("patronictl", "-c", "/tmp/patroni/patroni.yml")  # written by patroni/start.py in the member
 
