@@ -26,4 +26,5 @@ def test_api_matches_its_document_and_never_fails_with_5xx(api: str) -> None:
 
 def test_document_covers_what_the_app_serves() -> None:
     doc = yaml.safe_load(OPENAPI.read_text())
-    assert {p: sorted(ops) for p, ops in doc["paths"].items()} == {"/health": ["get"], "/prices": ["get", "post"]}
+    assert {p: sorted(ops) for p, ops in doc["paths"].items()} == {"/health": ["get"], "/live": ["get"],
+                                                                 "/prices": ["get", "post"]}

@@ -90,6 +90,14 @@ def test_health_reflects_database(store: FakeStore) -> None:
     assert status == 503 and json.loads(body)["status"] == "unavailable"
 
 
+def test_live_answers_while_the_database_is_away(store: FakeStore) -> None:
+    """What the edge proxy checks: one shared database that is away must not empty the proxy's backend."""
+    store.down = True
+    status, _, body = call(api_app(store), "GET", "/live")
+    assert status == 200 and json.loads(body) == {"status": "ok"}
+    assert call(api_app(store), "POST", "/live", {})[0] == 405
+
+
 def test_store_and_read_prices(store: FakeStore) -> None:
     app = api_app(store)
     rows = [{"symbol": "ACME", "day": "2024-01-02", "close": "10.5"},

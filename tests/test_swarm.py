@@ -370,6 +370,15 @@ def test_the_edge_proxy_logs_which_task_answered_and_never_tells_the_client() ->
     assert "%b/%s" in fmt and "%si" in fmt and "%ST" in fmt  # ... with the backend, task and address
 
 
+def test_the_edge_checks_the_apis_liveness_not_the_shared_database() -> None:
+    """Before: /health asks the database, so a two-second switchover marked every API task down at once and
+    the edge answered 503 to requests the tasks would have served after a retry."""
+    cfg = (ROOT / "proxy" / "haproxy.cfg").read_text()
+    api = cfg.split("\nbackend api\n", 1)[1].split("\nbackend ", 1)[0]
+    checks = [line.strip() for line in api.splitlines() if line.strip().startswith("option httpchk")]
+    assert checks == ["option httpchk GET /live"]
+
+
 @pytest.mark.parametrize("mode", ["vip", "dnsrr"])
 def test_the_api_is_published_on_a_swarm_only_when_swarm_publish_api_asks(mode: str) -> None:
     """Before: an API kept on loopback (every profile's default apiHostIp) was published on every node."""

@@ -80,6 +80,9 @@ class PostgresStore:
                 host=self.config.host, port=self.config.port, dbname=self.config.name, user=user,
                 password=password, connect_timeout=self.connect_timeout_s,
                 application_name="stock-app",
+                # A peer that vanished (its node cut) sends no reset: unacknowledged data fails the connection
+                # after 3 s, a silent wait after about 4 s of unanswered probes; then the request is retried.
+                keepalives=1, keepalives_idle=2, keepalives_interval=1, keepalives_count=2, tcp_user_timeout=3000,
             ) as conn:
                 yield conn
         # A read-only server: a leader that just demoted itself, still behind the router for a second.

@@ -165,10 +165,17 @@ def _unavailable(err: Exception, what: str) -> None:
 
 
 def api_app(store: PriceStore) -> WsgiApp:
-    """GET /health (checks the database), GET /prices[?symbol=&limit=], POST /prices (app/openapi.yaml)."""
+    """GET /health (checks the database), GET /live (the process only), GET /prices[?symbol=&limit=],
+    POST /prices (app/openapi.yaml)."""
 
     def handle(environ: dict[str, Any], start: StartResponse) -> list[bytes]:
         path, method = environ.get("PATH_INFO", "/"), environ.get("REQUEST_METHOD", "GET")
+        if path == "/live":
+            # For a proxy choosing between tasks: every task shares the one database, so a database that is
+            # away for a moment must not take every task out of rotation (the store retries meanwhile).
+            if method != "GET":
+                raise _method_not_allowed("GET")
+            return _json(start, 200, {"status": "ok"})
         if path == "/health":
             if method != "GET":
                 raise _method_not_allowed("GET")

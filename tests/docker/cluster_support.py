@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from tests.docker.support import BoundedLoop
-from tests.docker.swarm_support import dk, lab_http, node_sock
+from tests.docker.swarm_support import NODES, dk, lab_http, node_sock
 
 MEMBERS = (1, 2, 3)
 SYNC_ROLES = ("Quorum Standby", "Sync Standby")  # patronictl's names in quorum and in plain synchronous mode
@@ -128,13 +129,14 @@ class Writes(BoundedLoop):
     max_requests: int = 6000
     max_seconds: float = 240
     pause_s: float = 0.05
-    timeout_s: float = 10
+    timeout_s: float = 15  # longer than the edge's server timeout (10 s): the edge answers, and logs where
     acked: list[tuple[str, float]] = field(default_factory=list)  # (day, seconds in when acknowledged)
     failed: list[tuple[float, int]] = field(default_factory=list)  # (seconds in when it answered, status)
     slowest_s: float = 0.0
 
     def __post_init__(self) -> None:
         BoundedLoop.__init__(self, self.max_requests, self.max_seconds, self.pause_s)
+        self.since = int(time.time()) - 1
 
     def _one(self, i: int) -> None:
         day = f"{2000 + i // 336:04d}-{1 + i // 28 % 12:02d}-{1 + i % 28:02d}"
@@ -167,3 +169,29 @@ class Writes(BoundedLoop):
         statuses = sorted({s for _, s in self.failed})
         return (f"{self.count} writes, {len(self.acked)} acknowledged, {len(self.failed)} failed {statuses}, "
                 f"longest gap {self.longest_gap_s():.1f} s, slowest answer {self.slowest_s:.1f} s")
+
+
+def task_addresses(prefix: str, service: str, node: int) -> set[str]:
+    """The overlay addresses of `service`'s running tasks on node `node` (asked of the manager, node 1)."""
+    ids = dk(1, "service", "ps", "-q", "--no-trunc", "--filter", f"node=node{node}", "--filter",
+             "desired-state=running", f"{prefix}_{service}").split()
+    if not ids:
+        return set()
+    tasks = json.loads(dk(1, "inspect", *ids))
+    return {a.split("/")[0] for t in tasks for net in t.get("NetworksAttachments") or []
+            for a in net.get("Addresses") or []}
+
+
+_ANSWER = re.compile(r" (?P<backend>[a-z]+)/\S+ (?P<addr>[0-9.]+|-):\S+ (?P<status>\d{3}) ")
+
+
+def edge_errors(prefix: str, backend: str, since: int) -> list[tuple[str, int]]:
+    """(task address, status) of every 5xx the edge proxies answered for `backend` since `since` (epoch s),
+    from their request logs (proxy/haproxy.cfg): which task a failed request was on."""
+    found = []
+    for k in range(1, NODES + 1):
+        for cid in dk(k, "ps", "-q", "--filter", f"name={prefix}_proxy.", check=False).split():
+            out = dk(k, "logs", "--since", str(since), cid, check=False)
+            found += [(m["addr"], int(m["status"])) for m in _ANSWER.finditer(out)
+                      if m["backend"] == backend and m["status"].startswith("5")]
+    return found
