@@ -116,7 +116,17 @@ class Cluster:
             if time.monotonic() - started > timeout_s:
                 break
             time.sleep(every_s)
-        raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}; cluster: {self.members()}")
+        logs = "".join(f"\n--- postgres-{k}:\n{self.log_tail(k)}" for k in MEMBERS)
+        raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}; cluster: {self.members()}{logs}")
+
+    def log_tail(self, k: int, lines: int = 25) -> str:
+        """Member k's last log lines (Patroni's and its server's), for a failure message."""
+        cid = self.container(k)
+        if cid is None:
+            return "(no running container)"
+        out = subprocess.run(["docker", "-H", f"unix://{node_sock(k)}", "logs", "--tail", str(lines), cid],
+                             capture_output=True, text=True, timeout=30, check=False)
+        return out.stdout + out.stderr
 
 
 @dataclass
