@@ -394,7 +394,7 @@ def _volumes(s: StackSettings, sw: SwarmSettings) -> dict[str, str]:
 def cluster_files() -> tuple[tuple[str, str], ...]:
     """What the members and the router read: Patroni's settings and scripts, the router's configuration."""
     return (*((f"{PATRONI_DIR}/{p.name}", p.read_text(encoding="utf-8"))
-              for p in sorted(PATRONI_SOURCE.iterdir()) if p.suffix in (".yml", ".py", ".sh")),
+              for p in sorted(PATRONI_SOURCE.iterdir()) if p.suffix in (".yml", ".py", ".sh", ".sql")),
             (PROXY_CONFIG_TARGET_ROUTER, ROUTER_CONFIG_SOURCE.read_text(encoding="utf-8")))
 
 
