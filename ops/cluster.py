@@ -156,8 +156,10 @@ class ClusterOps:
         args = ["switchover", "--leader", leader["Member"], *candidate, "--force"]
         started = self.clock()
         code, out = self.ctl(*args)
-        if code != 0:
-            raise OpsError(f"patronictl switchover refused (exit {code}): {_last_line(out)}; nothing done")
+        # patronictl exits 0 even when Patroni refused (a candidate not yet in the quorum, say): its words say.
+        if code != 0 or "Successfully switched over" not in out:
+            raise OpsError(f"patronictl switchover refused (exit {code}): {_last_line(out)}; nothing done, "
+                           "try again in a few seconds or see python -m ops doctor")
         while self.clock() - started < timeout_s:
             now = self.members()
             new = _leader(now)

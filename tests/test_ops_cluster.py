@@ -150,7 +150,9 @@ def test_switchover_names_the_candidate_and_waits_for_every_member_to_stream() -
 
     def answer(cmd: list[str]) -> tuple[int, str]:
         commands.append(cmd[3:])
-        return (0, "switched") if cmd[3] == "switchover" else (0, json.dumps(next(lists)))
+        if cmd[3] == "switchover":
+            return 0, "Successfully switched over to \"postgres-2\""
+        return 0, json.dumps(next(lists))
 
     said = _ops(FakeApi(answer)).switchover(2)
     assert ["switchover", "--leader", "postgres-1", "--candidate", "postgres-2", "--force"] in commands
@@ -227,3 +229,13 @@ def test_a_failed_job_reports_its_stderr_last() -> None:
 
     code, out = _ops(Failing(lambda cmd: (1, ""))).backup_script("now on-demand")
     assert code == 1 and out.splitlines()[-1] == "backup: error: no space left on device"
+
+
+def test_a_switchover_patroni_refused_is_reported_though_patronictl_exits_0() -> None:
+    def answer(cmd: list[str]) -> tuple[int, str]:
+        if cmd[3] == "switchover":
+            return 0, "Switchover failed, details: 412, candidate name does not match with sync_standby"
+        return 0, json.dumps(HEALTHY)
+
+    with pytest.raises(OpsError, match=r"refused .*candidate name does not match.*nothing done"):
+        _ops(FakeApi(answer)).switchover(3)

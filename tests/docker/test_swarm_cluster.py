@@ -321,9 +321,10 @@ def test_etcd_losing_one_member_changes_nothing_and_losing_two_stops_writes(
 
     with Writes(_others(), "ETCD") as w:
         w.wait_acked(40)
+        before = len(w.failed)  # a node healed by the scenario before may refuse a connection at first
         scale(away[0], 0)
         time.sleep(20)  # more than the ttl: a leader that could not renew its lock would have demoted
-        one_lost = len(w.failed)
+        one_lost = len(w.failed) - before
         assert c.leader() == leader and c.writable(leader)
         scale(away[1], 0)
         lost_at = time.monotonic()
@@ -344,20 +345,26 @@ def test_etcd_losing_one_member_changes_nothing_and_losing_two_stops_writes(
           f"({time.monotonic() - lost_at:.0f} s without quorum in all); back {back:.1f} s after the heal;",
           w.summary())
     assert one_lost == 0, w.failed
-    assert refused > one_lost, "writes were accepted without a quorum"
+    assert refused > before + one_lost, "writes were accepted without a quorum"
     assert _all_acked_present(c, w, c.leader() or leader) == set()
 
 
 def test_a_rolling_image_update_changes_the_leader_at_most_once(
-        deployed: tuple[SwarmApplied, Cluster], settings: StackSettings) -> None:
+        deployed: tuple[SwarmApplied, Cluster], settings: StackSettings, ops: OpsRun) -> None:
     """Members update in order 1, 2, 3. With the leader on the last one first (one planned switchover when it
     is not), the replicas restart first and the leader once, last."""
     applied, c = deployed
     sw = settings.swarm
     assert sw is not None
-    if c.leader() != MEMBERS[-1]:
-        c.switchover(MEMBERS[-1])
-        c.wait("postgres-3 to lead", lambda: c.leader() == MEMBERS[-1] and c.healthy(), 90, 1)
+    if c.leader() != MEMBERS[-1]:  # the runbook's first step: `ops switchover --to 3`
+        for attempt in range(3):  # Patroni refuses a candidate the quorum has not confirmed yet; ops says so
+            code, _, err = ops("switchover", "--to", str(MEMBERS[-1]))
+            if code == 0:
+                break
+            print(f"switchover attempt {attempt + 1}: {err.strip()}")
+            time.sleep(5)
+        assert code == 0, err
+        assert c.leader() == MEMBERS[-1]
     tl = c.timeline()
     after: Recording = run_program(STACK, _config(patroniImage=f"{sw.patroni_image}-r2"), deployed=_live)
     with Writes(_others(), "ROLL") as w:
