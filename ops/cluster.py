@@ -205,18 +205,17 @@ class ClusterOps:
         out.append(Finding(OK, "synchronous standbys", ", ".join(syncs)) if syncs else Finding(
             WARN, "synchronous standbys", "none: commits are on the leader alone, and a failover could lose them",
             "bring a replica back (docs/swarm.md, runbook: a replica's node is lost)"))
-        names = {m["Member"] for m in ms}
         for k in MEMBERS:
-            out.append(_member_finding(f"postgres-{k}", next((m for m in ms if m["Member"] == f"postgres-{k}"), None),
-                                       leader, names))
+            name = f"postgres-{k}"
+            out.append(_member_finding(name, next((m for m in ms if m["Member"] == name), None), leader,
+                                       self._name(name)))
         return out
 
 
-def _member_finding(name: str, m: dict[str, Any] | None, leader: dict[str, Any] | None,
-                    names: set[str]) -> Finding:
+def _member_finding(name: str, m: dict[str, Any] | None, leader: dict[str, Any] | None, service: str) -> Finding:
     if m is None:
         return Finding(FAIL, name, "not in the cluster (its task is down or its node is cut)",
-                       f"docker service ps <stack>_{name}; docs/swarm.md, runbook per failure")
+                       f"docker service ps {service}; docs/swarm.md, runbook per failure")
     detail = f"{m['Role']}, {m['State']}, timeline {m.get('TL', '?')}, lag {m.get('Lag in MB', 0) or 0} MB"
     if m["Role"] == "Leader":
         return Finding(OK, name, detail)

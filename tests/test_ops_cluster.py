@@ -195,6 +195,8 @@ def test_doctor_judges_the_store_and_each_member(etcd: str, members: list[dict[s
     found = {f.check.split()[0]: f for f in ops.doctor()}
     assert {k: found[k].status for k in expect} == expect
     assert all(f.fix for f in found.values() if f.status != "ok"), "every warning or failure names its fix"
+    if expect.get("postgres-3") == "fail":
+        assert found["postgres-3"].fix.startswith("docker service ps stock-analyzer-swarm_postgres-3;")
 
 
 def test_a_backup_job_runs_beside_the_scheduled_backups_with_the_backup_role() -> None:
