@@ -63,11 +63,11 @@ class ClusterOps:
         tt["Networks"] = [{"Target": n["Target"]} for n in tt.get("Networks") or []]
         return tt
 
-    def job(self, service: str, command: list[str], timeout_s: float = JOB_TIMEOUT_S, keep_data: bool = False,
+    def job(self, service: str, command: list[str], timeout_s: float = JOB_TIMEOUT_S,
             tt: dict[str, Any] | None = None) -> tuple[int, str]:
-        """Run `command` once in a copy of `service`'s task (or in `tt`); (exit code, its stdout, with its
-        stderr after it when it failed)."""
-        tt = tt or self._template(service, keep_data)
+        """Run `command` once in a copy of `service`'s task without its data (or in `tt`); (exit code, its
+        stdout, with its stderr after it when it failed)."""
+        tt = tt or self._template(service, keep_data=False)
         tt["ContainerSpec"]["Command"] = command
         name = self._name("ops-job")
         try:

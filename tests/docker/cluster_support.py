@@ -16,11 +16,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from model.swarm import MEMBERS
 from tests.docker.support import BoundedLoop
 from tests.docker.swarm_support import NODES, dk, lab_http, node_sock
 
-MEMBERS = (1, 2, 3)
-SYNC_ROLES = ("Quorum Standby", "Sync Standby")  # patronictl's names in quorum and in plain synchronous mode
 API_PORT = 5000
 CTL = ("patronictl", "-c", "/tmp/patroni/patroni.yml")  # written by patroni/start.py in the member
 
@@ -100,12 +99,6 @@ class Cluster:
         out = self.sql(k, f"SELECT day FROM stock_prices WHERE symbol = '{symbol}'")  # noqa: S608 (test symbol)
         assert out is not None, f"member {k} did not answer"
         return set(out.split())
-
-    def switchover(self, to: int, via: tuple[int, ...] = MEMBERS) -> None:
-        leader = self.leader(via)
-        assert leader is not None, "no leader to switch from"
-        self.ctl("switchover", "--leader", f"postgres-{leader}", "--candidate", f"postgres-{to}", "--force",
-                 via=via, timeout=90)
 
     def wait(self, what: str, check: Any, timeout_s: float, every_s: float = 1.0) -> float:
         """Seconds until `check()` is true, polled every `every_s`; fails naming `what` and the cluster."""

@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 
 from model.settings import StackSettings, load_settings
-from model.swarm import DeployedApp
+from model.swarm import MEMBERS, DeployedApp
+from ops.cluster import SYNC_ROLES
 from ops.swarm_state import deployed_app as read_deployed_app
-from tests.docker.cluster_support import MEMBERS, SYNC_ROLES, Cluster, Writes, edge_errors, task_addresses
+from tests.docker.cluster_support import Cluster, Writes, edge_errors, task_addresses
 from tests.docker.pulumi_swarm_apply import SwarmApplied, apply, update
 from tests.docker.standins import ensure_image
 from tests.docker.support import run_ops, sh
