@@ -90,6 +90,11 @@ SWARM_EXCEPTIONS = {
         "Swarm services cannot set no-new-privileges (Docker Engine 26, and no such input in the provider); "
         "capabilities stay dropped and the root filesystem read-only (both checked); docs/swarm.md",
 }
+ETCD_EXCEPTIONS = {
+    "stock-analyzer.policy-exception.container-healthcheck-and-restart":
+        "an etcd member answers no health query before a quorum forms, and Swarm's DNS lists only healthy tasks "
+        "while the members find each other by DNS: a healthcheck would stop the bootstrap; restart stays any",
+}
 
 
 @dataclass(frozen=True)
@@ -430,8 +435,8 @@ def etcd_services(s: StackSettings, sw: SwarmSettings) -> list[ServiceSpec]:
             # Swarm's DNS lists a task only once healthy, while the members find each other by DNS.
             healthcheck=None,
             cap_add=(), read_only=True, stop_signal=None, stop_grace_s=STOP_GRACE_S,
-            labels=_service_labels(s, name), global_mode=False, replicas=1, endpoint_mode="dnsrr",
-            constraints=(sw.member_constraint(k),), memory_limit_mb=ETCD_MEMORY_MB,
+            labels=tuple(sorted({**dict(_service_labels(s, name)), **ETCD_EXCEPTIONS}.items())), global_mode=False,
+            replicas=1, endpoint_mode="dnsrr", constraints=(sw.member_constraint(k),), memory_limit_mb=ETCD_MEMORY_MB,
             memory_reservation_mb=ETCD_MEMORY_MB // 2, pids_limit=256, restart=RestartPolicy("any", 2),
             update=UpdatePolicy("stop-first", "rollback"),
         ))
@@ -450,12 +455,14 @@ def member_services(s: StackSettings, sw: SwarmSettings) -> list[ServiceSpec]:
             "PATRONI_ETCD3_HOSTS": ",".join(f"etcd-{j}:{ETCD_CLIENT_PORT}" for j in MEMBERS),
             "PATRONI_RESTAPI_CONNECT_ADDRESS": f"{name}:{PATRONI_API_PORT}",
             "PATRONI_POSTGRESQL_CONNECT_ADDRESS": f"{name}:{POSTGRES_PORT}",
-            "PATRONI_API_USER": PATRONI_API_USER, "PATRONI_API_PASSWORD_SECRET": SECRET_PATRONI_API.name,
+            "PATRONI_API_USER": PATRONI_API_USER,
+            "PATRONI_API_PASSWORD_FILE": f"{SECRETS_DIR}/{SECRET_PATRONI_API.name}",
             "PATRONI_REPLICATION_USER": PATRONI_REPLICATION_USER,
-            "PATRONI_REPLICATION_PASSWORD_SECRET": SECRET_PATRONI_REPLICATION.name,
+            "PATRONI_REPLICATION_PASSWORD_FILE": f"{SECRETS_DIR}/{SECRET_PATRONI_REPLICATION.name}",
             "PATRONI_REWIND_USER": PATRONI_REWIND_USER,
-            "PATRONI_REWIND_PASSWORD_SECRET": SECRET_PATRONI_REWIND.name,
-            "POSTGRES_USER": s.db_superuser, "POSTGRES_PASSWORD_SECRET": SECRET_POSTGRES_BOOTSTRAP.name,
+            "PATRONI_REWIND_PASSWORD_FILE": f"{SECRETS_DIR}/{SECRET_PATRONI_REWIND.name}",
+            "POSTGRES_USER": s.db_superuser,
+            "POSTGRES_PASSWORD_FILE": f"{SECRETS_DIR}/{SECRET_POSTGRES_BOOTSTRAP.name}",
             "POSTGRES_DB": s.db_name, "PGDATA": f"{PGDATA}/pgdata",
         }
         spec = _service(replace(s.postgres, service=name, aliases=(), networks=(NET_BACKEND, NET_DCS),

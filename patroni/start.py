@@ -19,10 +19,14 @@ OUT = Path("/tmp/patroni/patroni.yml")  # noqa: S108 (the container's own tmpfs)
 SECRETS = Path("/run/secrets")
 
 
-def secret(name: str) -> str:
-    value = (SECRETS / name).read_text(encoding="utf-8").strip()
+def secret(variable: str) -> str:
+    """The password in the file that `variable` names (the official image's `_FILE` convention)."""
+    path = Path(env(variable))
+    if path.parent != SECRETS:
+        sys.exit(f"patroni start: {variable}={path} is not a file under {SECRETS}")
+    value = path.read_text(encoding="utf-8").strip()
     if not value:
-        sys.exit(f"patroni start: /run/secrets/{name} is empty")
+        sys.exit(f"patroni start: {path} is empty")
     return value
 
 
@@ -35,14 +39,14 @@ def env(name: str) -> str:
 
 def config() -> dict[str, object]:
     conf = yaml.safe_load(BASE.read_text(encoding="utf-8"))
-    api = {"username": env("PATRONI_API_USER"), "password": secret(env("PATRONI_API_PASSWORD_SECRET"))}
+    api = {"username": env("PATRONI_API_USER"), "password": secret("PATRONI_API_PASSWORD_FILE")}
     conf["restapi"]["authentication"] = api
     conf["ctl"] = {"authentication": dict(api)}
     conf["postgresql"]["authentication"] = {
-        "superuser": {"username": env("POSTGRES_USER"), "password": secret(env("POSTGRES_PASSWORD_SECRET"))},
+        "superuser": {"username": env("POSTGRES_USER"), "password": secret("POSTGRES_PASSWORD_FILE")},
         "replication": {"username": env("PATRONI_REPLICATION_USER"),
-                        "password": secret(env("PATRONI_REPLICATION_PASSWORD_SECRET"))},
-        "rewind": {"username": env("PATRONI_REWIND_USER"), "password": secret(env("PATRONI_REWIND_PASSWORD_SECRET"))},
+                        "password": secret("PATRONI_REPLICATION_PASSWORD_FILE")},
+        "rewind": {"username": env("PATRONI_REWIND_USER"), "password": secret("PATRONI_REWIND_PASSWORD_FILE")},
     }
     return conf
 

@@ -182,7 +182,7 @@ def healthcheck_and_restart(c: ContainerView) -> list[str]:
     if c.is_job:
         return [] if c.restart == "no" else [f"{c.name}: a one-shot job must not restart (restart: no)"]
     out = []
-    if not c.healthcheck:
+    if not c.healthcheck and not c.excepted("container-healthcheck-and-restart"):  # the restart is still checked
         out.append(f"{c.name}: no healthcheck; add one so `wait` and depends_on mean healthy, not started")
     if c.restart not in SERVICE_RESTARTS:
         out.append(f"{c.name}: restart policy {c.restart!r}; use one of {', '.join(sorted(SERVICE_RESTARTS))}")

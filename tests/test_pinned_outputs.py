@@ -91,12 +91,12 @@ def export_snapshot(stack: str) -> str:
     """The compose file (single host) or the stack file (swarm) and the files beside it, secrets aside.
     The secrets are fixed for the export (a stack file names each by a hash of its content)."""
     from exporters import compose
-    from model.settings import SECRET_SWARM_NAME_KEY, SECRETS
+    from model.settings import PATRONI_SECRETS, SECRET_SWARM_NAME_KEY, SECRETS
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
         (out / "secrets").mkdir(parents=True, mode=0o700)
-        for spec in (*SECRETS, SECRET_SWARM_NAME_KEY):
+        for spec in (*SECRETS, *PATRONI_SECRETS, SECRET_SWARM_NAME_KEY):
             value = hashlib.sha256(f"pinned-{stack}-{spec.name}".encode()).hexdigest()[: spec.length]
             (out / "secrets" / spec.name).write_text(value)
             (out / "secrets" / spec.name).chmod(0o600)

@@ -265,3 +265,17 @@ def test_the_swarm_stack_file_complies_with_the_same_rules(tmp_path: Any) -> Non
     found = check_compose(broken)
     assert any(f.startswith("api: restart policy") for f in found), found
     assert any(f.startswith("frontend: root filesystem is writable") for f in found), found
+
+
+def test_etcds_reviewed_healthcheck_exception_waives_the_healthcheck_only() -> None:
+    """etcd answers no health query before its quorum forms, and Swarm's DNS lists only healthy tasks while
+    the members find each other by DNS: its exception is reviewed; a restart policy is still required."""
+    etcd = _swarm_service(run_program("swarm"), "etcd-1")
+    assert violations("container-healthcheck-and-restart", SERVICE, etcd) == []
+    labels = etcd["taskSpec"]["containerSpec"]["labels"]
+    unexcepted = _cs(etcd, labels=[x for x in labels if not x["label"].endswith(".container-healthcheck-and-restart")])
+    assert any("no healthcheck" in v for v in violations("container-healthcheck-and-restart", SERVICE, unexcepted))
+    no_restart = copy.deepcopy(etcd)
+    no_restart["taskSpec"]["restartPolicy"]["condition"] = "none"
+    found = violations("container-healthcheck-and-restart", SERVICE, no_restart)
+    assert found and all("restart policy" in v for v in found), found

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import re
+import shutil
 import stat
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,8 @@ from model.swarm import (
 from tests.docker.pulumi_swarm_apply import SCHEMA, _check, service_spec
 from tests.pulumi_mocks import ROOT, DeployedReader, Recording, committed_config, is_secret, plain, run_program
 
-SWARM_RAW = read_stack_file("swarm")
+# The one-server layout (postgresMembers 1); the committed three-member cluster is tests/test_swarm_cluster.py's.
+SWARM_RAW = {**read_stack_file("swarm"), "postgresMembers": "1"}
 
 
 def _settings(**overrides: str) -> Any:
@@ -336,10 +338,15 @@ def test_the_harness_refuses_inputs_it_does_not_know(recording: Any) -> None:
 
 
 @pytest.mark.parametrize("command", [["backups"], ["backup"], ["doctor"], ["restore", "x-20260101T000000Z"]])
-def test_the_ops_tool_refuses_a_swarm_stack_in_one_line(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_ops_tool_refuses_a_swarm_stack_in_one_line(command: list[str], capsys: pytest.CaptureFixture[str],
+                                                        tmp_path: Path) -> None:
+    """A one-server swarm stack: the single-host commands cannot find its tasks (three members have their own)."""
     from ops.__main__ import main
 
-    assert main([*command, "--stack", "swarm"]) == 1
+    shutil.copy(ROOT / "Pulumi.yaml", tmp_path / "Pulumi.yaml")
+    text = (ROOT / "Pulumi.swarm.yaml").read_text().replace("postgresMembers: 3", "postgresMembers: 1")
+    (tmp_path / "Pulumi.swarm.yaml").write_text(text)
+    assert main([*command, "--stack", "swarm", "--project", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "targets a Swarm cluster" in err[0] and "docs/swarm.md" in err[0]
 

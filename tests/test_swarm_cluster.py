@@ -8,7 +8,7 @@ import importlib.util
 import os
 import re
 import stat
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -78,7 +78,9 @@ def test_patroni_passwords_are_files_for_the_members_only() -> None:
         if svc.name.startswith("postgres-"):
             assert mounted == {*patroni, "postgres_bootstrap_password"}, svc.name
             assert all(r.uid == 999 and r.mode == 0o400 for r in svc.secrets)
-            assert not [v for k, v in svc.env if "PASSWORD" in k and not k.endswith("_SECRET")], svc.name
+            files = {k: v for k, v in svc.env if "PASSWORD" in k}
+            assert files and all(k.endswith("_PASSWORD_FILE") and v.startswith("/run/secrets/")
+                                 for k, v in files.items()), files
         else:
             assert not mounted & patroni, svc.name
 
@@ -149,10 +151,14 @@ def test_the_member_start_writes_the_passwords_to_a_private_file_not_the_environ
     secrets.mkdir()
     env = {k: v for k, v in swarm_model(_settings()).service("postgres-1").env}
     values = {}
-    for key, name in env.items():
-        if key.endswith("_SECRET"):
+    for key, path in env.items():
+        if key.endswith("_PASSWORD_FILE"):  # the official image's convention: a path under /run/secrets
+            name = PurePosixPath(path).name
+            assert str(PurePosixPath(path).parent) == "/run/secrets", (key, path)
             values[name] = f"value-of-{name}"
             (secrets / name).write_text(values[name] + "\n")
+            env[key] = str(secrets / name)
+    assert len(values) == 4 and not [k for k in env if k.endswith("_SECRET")], env
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(start, "BASE", ROOT / "patroni" / "patroni.yml")
@@ -180,4 +186,7 @@ def test_the_member_start_writes_the_passwords_to_a_private_file_not_the_environ
     assert yaml.safe_load(out.read_text())["ctl"]["authentication"]["password"] == values["patroni_api_password"]
     (secrets / "patroni_rewind_password").write_text("\n")
     with pytest.raises(SystemExit, match="patroni_rewind_password is empty"):
+        start.main([])
+    monkeypatch.setenv("PATRONI_API_PASSWORD_FILE", str(tmp_path / "elsewhere"))
+    with pytest.raises(SystemExit, match=r"PATRONI_API_PASSWORD_FILE=.* is not a file under"):
         start.main([])

@@ -6,8 +6,6 @@ captured output of a failure) and quoted in docs/swarm.md."""
 from __future__ import annotations
 
 import functools
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +14,7 @@ from typing import Any
 import pytest
 
 from exporters import compose
-from model.settings import StackSettings
-from model.stack_yaml import settings_from_file
+from model.settings import StackSettings, load_settings
 from model.swarm import DeployedApp
 from ops.swarm_state import deployed_app as read_deployed_app
 from tests.docker.pulumi_swarm_apply import SwarmApplied, apply, update
@@ -40,18 +37,19 @@ from tests.docker.swarm_support import (
     task_images,
     wait_until,
 )
-from tests.pulumi_mocks import ROOT, Recording, committed_config, plain, run_program
+from tests.pulumi_mocks import Recording, committed_config, plain, run_program
 
 pytestmark = pytest.mark.docker
 
 STACK = "swarm"
 API_PORT, FRONTEND_PORT = 5000, 8000
 FIGURES: dict[str, Any] = {}
+PREFIX = "stock-analyzer:"
 
 
 @pytest.fixture(scope="module")
 def settings() -> StackSettings:
-    return settings_from_file(STACK)
+    return load_settings({k[len(PREFIX):]: v for k, v in _config().items() if k.startswith(PREFIX)}, STACK)
 
 
 @pytest.fixture(scope="module")
@@ -84,15 +82,16 @@ def _live(host: str | None, service: str, target: str) -> DeployedApp | None:
 
 
 def _config(**overrides: str) -> dict[str, str]:
+    """The committed swarm stack with one database server (its three-member cluster: test_swarm_cluster.py)."""
     cfg = committed_config(STACK)
-    cfg.update({f"stock-analyzer:{k}": v for k, v in overrides.items()})
+    cfg.update({f"{PREFIX}postgresMembers": "1", **{f"{PREFIX}{k}": v for k, v in overrides.items()}})
     return cfg
 
 
 @pytest.fixture(scope="module")
 def deployed(swarm_lab: None, settings: StackSettings) -> Iterator[tuple[SwarmApplied, Recording]]:
     remove_stack_objects(settings.prefix)
-    rec = run_program(STACK, deployed=_live)
+    rec = run_program(STACK, _config(), deployed=_live)
     started = time.monotonic()
     applied = apply(rec, node_sock(1))
     FIGURES["pulumi up (create, s)"] = round(time.monotonic() - started, 1)
@@ -316,51 +315,3 @@ def test_the_database_keeps_its_rows_across_an_update_and_a_node_failure(
                       lambda: lab_http("GET", 1, API_PORT, "/prices?symbol=SWRM")[0] == 200, 120)
     FIGURES["database node killed: API back (s)"] = round(down, 1)
     assert _rows("SWRM") == 28
-
-
-def _deploy_script(settings: StackSettings) -> str:
-    """`./deploy.sh swarm` as a user without the Pulumi CLI runs it, against the lab's manager."""
-    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p and not (Path(p) / "pulumi").exists())
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PULUMI_", "VIRTUAL_ENV"))}
-    env.update(PATH=path, DOCKER_HOST=f"unix://{node_sock(1)}", SWARM_RESOLVE_IMAGE="never")
-    return sh("./deploy.sh", STACK, cwd=ROOT, env=env, timeout=900).stdout
-
-
-def test_deploy_script_brings_the_stack_file_up_with_docker_stack_deploy(
-        deployed: tuple[SwarmApplied, Recording], settings: StackSettings) -> None:
-    applied, _ = deployed
-    applied.destroy()
-    remove_stack_objects(settings.prefix)
-    out = ROOT / ".stack" / STACK
-    shutil.rmtree(out, ignore_errors=True)
-    try:
-        started = time.monotonic()
-        _deploy_script(settings)
-        FIGURES["./deploy.sh swarm (docker stack deploy, s)"] = round(time.monotonic() - started, 1)
-        wait_until("the API through the proxy", lambda: lab_http("GET", 3, API_PORT, "/health")[0] == 200, 120)
-        rows = [{"symbol": "STCK", "day": "2024-02-01", "close": 1}]
-        assert lab_http("POST", 1, API_PORT, "/prices", rows)[0] == 201
-        with SpreadLoop([1, 2, 3], API_PORT, "/health", max_requests=60, max_seconds=30) as loop:
-            wait_until("60 requests", lambda: loop.count >= 60, 40, 0.2)
-        assert not loop.failures and len(loop.answered_by(settings.prefix, "api")) >= 2, loop.summary()
-        # A rotation on this path: a new secret file, then the same command (it runs the job once more).
-        old_pw = (out / "secrets" / "app_db_password").read_text()
-        assert compose.main(["--stack", STACK, "--out", str(out), "--target", "swarm", "--rotate",
-                             "app_db_password"]) == 0
-        with SpreadLoop([1, 2, 3], API_PORT, "/prices?symbol=STCK") as loop:
-            _deploy_script(settings)
-        print("stack path rotation:", loop.summary())
-        FIGURES["stack path rotation requests/failed"] = (loop.count, len(loop.failures))
-        assert not loop.failures, loop.failures[:10]
-        role, new_pw = (out / "secrets" / "app_credentials").read_text().splitlines()
-        assert role == f"{settings.db_app_user}_b" and new_pw != old_pw
-        assert _psql(settings, role, new_pw) == 0
-        assert _psql(settings, settings.db_app_user, old_pw) != 0, "the old password is refused"
-        assert _rows("STCK") == 1
-        names = dk(1, "secret", "ls", "--format", "{{.Name}}", "--filter",
-                   f"name={settings.prefix}_app_credentials").split()
-        assert len(names) == 1, f"the replaced app secret is removed: {names}"
-    finally:
-        dk(1, "stack", "rm", settings.prefix, check=False)
-        remove_stack_objects(settings.prefix)
-        shutil.rmtree(out, ignore_errors=True)

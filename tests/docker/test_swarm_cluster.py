@@ -7,6 +7,7 @@ are printed (pytest -s, or the captured output of a failure) and quoted in docs/
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from exporters import compose
 from model.settings import StackSettings, load_settings
 from model.swarm import MEMBERS, DeployedApp
 from ops.cluster import SYNC_ROLES
@@ -24,9 +26,11 @@ from tests.docker.pulumi_swarm_apply import SwarmApplied, apply, update
 from tests.docker.standins import ensure_image
 from tests.docker.support import run_ops, sh
 from tests.docker.swarm_support import (
+    SpreadLoop,
     build_app_image,
     dk,
     lab,
+    lab_http,
     lab_images,
     node_sock,
     remove_stack_objects,
@@ -40,11 +44,12 @@ pytestmark = pytest.mark.docker
 STACK = "swarm"
 FIGURES: dict[str, Any] = {}
 PREFIX = "stock-analyzer:"
+API_PORT = 5000
 
 
 def _config(**overrides: str) -> dict[str, str]:
     cfg = committed_config(STACK)
-    cfg.update({f"{PREFIX}postgresMembers": "3", **{f"{PREFIX}{k}": v for k, v in overrides.items()}})
+    cfg.update({f"{PREFIX}{k}": v for k, v in overrides.items()})
     return cfg
 
 
@@ -103,24 +108,14 @@ def deployed(cluster_lab: None, settings: StackSettings) -> Iterator[tuple[Swarm
     remove_stack_objects(settings.prefix)
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A checkout whose swarm stack has three members, for `python -m ops --project`."""
-    root = tmp_path_factory.mktemp("cluster-project")
-    shutil.copy(ROOT / "Pulumi.yaml", root / "Pulumi.yaml")
-    text = (ROOT / f"Pulumi.{STACK}.yaml").read_text()
-    (root / f"Pulumi.{STACK}.yaml").write_text(text.rstrip("\n") + f"\n  {PREFIX}postgresMembers: 3\n")
-    return root
-
-
 OpsRun = Callable[..., tuple[int, str, str]]
 
 
 @pytest.fixture
-def ops(project: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> OpsRun:
+def ops(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> OpsRun:
     """`python -m ops CMD --stack swarm` against the lab's manager, as an operator with DOCKER_HOST would."""
     monkeypatch.setenv("DOCKER_HOST", f"unix://{node_sock(1)}")
-    return lambda cmd, *args: run_ops(capsys, cmd, "--stack", STACK, "--project", str(project), *args)
+    return lambda cmd, *args: run_ops(capsys, cmd, "--stack", STACK, *args)
 
 
 def _others(*nodes: int) -> list[int]:
@@ -390,3 +385,55 @@ def test_a_rolling_image_update_changes_the_leader_at_most_once(
     assert c.timeline() - tl <= 1
     leader = c.leader()
     assert leader is not None and _all_acked_present(c, w, leader) == set()
+
+
+def _deploy_script() -> str:
+    """`./deploy.sh swarm` as a user without the Pulumi CLI runs it, against the lab's manager."""
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p and not (Path(p) / "pulumi").exists())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PULUMI_", "VIRTUAL_ENV"))}
+    env.update(PATH=path, DOCKER_HOST=f"unix://{node_sock(1)}", SWARM_RESOLVE_IMAGE="never")
+    return sh("./deploy.sh", STACK, cwd=ROOT, env=env, timeout=900).stdout
+
+
+def _logs_in(c: Cluster, k: int, user: str, password: str, db: str) -> bool:
+    """A login over TCP on member k's own server (scram, as every client but the local socket)."""
+    done = c.exec(k, "env", f"PGPASSWORD={password}", "psql", "-X", "-qAt", "-h", "127.0.0.1", "-U", user,
+                  "-d", db, "-c", "SELECT 1", timeout=15)
+    return done is not None and done.returncode == 0
+
+
+def test_deploy_script_brings_the_cluster_up_from_the_stack_file_and_rotates_without_a_failed_request(
+        deployed: tuple[SwarmApplied, Cluster], settings: StackSettings) -> None:
+    """The committed swarm stack through the other output: the stack file, `docker stack deploy`, the job."""
+    applied, c = deployed
+    applied.destroy()
+    remove_stack_objects(settings.prefix)
+    out = ROOT / ".stack" / STACK
+    shutil.rmtree(out, ignore_errors=True)
+    try:
+        started = time.monotonic()
+        _deploy_script()
+        c.wait("the stack-file cluster healthy", c.healthy, 180, 2)
+        wait_until("the API through the edge", lambda: lab_http("GET", 3, API_PORT, "/health")[0] == 200, 120)
+        FIGURES["./deploy.sh swarm, 3 members: to healthy (s)"] = round(time.monotonic() - started, 1)
+        assert lab_http("POST", 1, API_PORT, "/prices", [{"symbol": "STCK", "day": "2024-02-01", "close": 1}])[0] == 201
+        old_pw = (out / "secrets" / "app_db_password").read_text()
+        assert compose.main(["--stack", STACK, "--out", str(out), "--target", "swarm", "--rotate",
+                             "app_db_password"]) == 0
+        with SpreadLoop([1, 2, 3], API_PORT, "/prices?symbol=STCK", max_requests=3000, max_seconds=600) as loop:
+            _deploy_script()
+        FIGURES["stack path rotation, 3 members: requests/failed"] = (loop.count, len(loop.failures))
+        assert not loop.failures, loop.failures[:10]
+        role, new_pw = (out / "secrets" / "app_credentials").read_text().splitlines()
+        leader = c.leader()
+        assert leader is not None and role == f"{settings.db_app_user}_b" and new_pw != old_pw
+        assert _logs_in(c, leader, role, new_pw, settings.db_name)
+        assert not _logs_in(c, leader, settings.db_app_user, old_pw, settings.db_name), "the old password is refused"
+        assert all(c.days("STCK", k) == {"2024-02-01"} for k in MEMBERS)
+        names = dk(1, "secret", "ls", "--format", "{{.Name}}", "--filter",
+                   f"name={settings.prefix}_app_credentials").split()
+        assert len(names) == 1, f"the replaced app secret is removed: {names}"
+    finally:
+        dk(1, "stack", "rm", settings.prefix, check=False)
+        remove_stack_objects(settings.prefix)
+        shutil.rmtree(out, ignore_errors=True)
