@@ -23,6 +23,12 @@ def _settings() -> StackSettings:
     return load_settings({**cfg, "postgresMembers": "3"}, "swarm")
 
 
+# Names of Swarm secret objects the fake services mount (references to secrets, not secret values).
+BACKUP_REF = "backup-secret-ref-1"  # pragma: allowlist secret
+APP_REF = "app-secret-ref-1"  # pragma: allowlist secret
+SUPERUSER_REF = "superuser-secret-ref-7"  # pragma: allowlist secret
+
+
 MEMBER_SPEC = {
     "Name": "", "TaskTemplate": {
         "ContainerSpec": {"Image": "patroni:1", "Command": ["python3", "/etc/patroni/start.py"], "Args": ["x"],
@@ -40,15 +46,15 @@ BACKUP_SPEC = {
         "ContainerSpec": {"Image": "postgres:17", "Command": ["sh", "/backup/backup.sh", "loop"],
                           "Env": ["PGHOST=postgres", "PGPORT=5433", "PGUSER=stock_backup"],
                           "Mounts": [{"Type": "volume", "Source": "backups", "Target": "/var/lib/backups"}],
-                          "Secrets": [{"SecretName": "backup-secret-ref-1", "SecretID": "b1",
+                          "Secrets": [{"SecretName": BACKUP_REF, "SecretID": "b1",
                                        "File": {"Name": "backup_db_password"}}]},
         "Placement": {"Constraints": ["node.labels.db==1"]},
         "Networks": [{"Target": "net-backend"}]}}
 PROVISION_SPEC = {
     "Name": "", "TaskTemplate": {
         "ContainerSpec": {"Image": "postgres:17", "Secrets": [
-            {"SecretName": "app-secret-ref-1", "SecretID": "a1", "File": {"Name": "app_db_password", "UID": "0"}},
-            {"SecretName": "superuser-secret-ref-7", "SecretID": "p7", "File": {"Name": "postgres_password", "UID": "0",
+            {"SecretName": APP_REF, "SecretID": "a1", "File": {"Name": "app_db_password", "UID": "0"}},
+            {"SecretName": SUPERUSER_REF, "SecretID": "p7", "File": {"Name": "postgres_password", "UID": "0",
                                                                    "GID": "0", "Mode": 256}}]},
         "Networks": []}}
 
@@ -208,7 +214,7 @@ def test_a_backup_job_runs_beside_the_scheduled_backups_with_the_backup_role() -
     assert cs["Command"] == ["sh", "/backup/backup.sh", "now", "on-demand"]
     assert cs["Mounts"] == BACKUP_SPEC["TaskTemplate"]["ContainerSpec"]["Mounts"]  # type: ignore[index]
     assert tt["Placement"] == {"Constraints": ["node.labels.db==1"]}, "the backups' volume is on one node"
-    assert [r["SecretName"] for r in cs["Secrets"]] == ["backup-secret-ref-1"] and "PGPORT=5433" in cs["Env"]
+    assert [r["SecretName"] for r in cs["Secrets"]] == [BACKUP_REF] and "PGPORT=5433" in cs["Env"]
 
 
 def test_a_restore_job_alone_gets_the_superusers_secret_and_goes_to_the_leader() -> None:
@@ -216,7 +222,7 @@ def test_a_restore_job_alone_gets_the_superusers_secret_and_goes_to_the_leader()
     _ops(api).backup_script("restore stock_analysis-20261203T120000Z", superuser=True)
     ((tt, _, _),) = api.created
     cs = tt["ContainerSpec"]
-    assert [r["SecretName"] for r in cs["Secrets"]] == ["backup-secret-ref-1", "superuser-secret-ref-7"]
+    assert [r["SecretName"] for r in cs["Secrets"]] == [BACKUP_REF, SUPERUSER_REF]
     assert cs["Secrets"][1]["File"] == {"Name": "postgres_password", "UID": "999", "GID": "999", "Mode": 0o400}
     assert {"PGPORT=5432", "PGUSER=postgres", "RESTORE_PASSWORD_FILE=/run/secrets/postgres_password"} <= set(cs["Env"])
     assert not any("PGPASSWORD=" in e for e in cs["Env"]), "the password travels as a file, never in the spec"
