@@ -403,10 +403,11 @@ def cluster_files() -> tuple[tuple[str, str], ...]:
             (PROXY_CONFIG_TARGET_ROUTER, ROUTER_CONFIG_SOURCE.read_text(encoding="utf-8")))
 
 
-def _service_labels(s: StackSettings, service: str) -> tuple[tuple[str, str], ...]:
+def _service_labels(s: StackSettings, service: str,
+                    exceptions: dict[str, str] | None = None) -> tuple[tuple[str, str], ...]:
     return tuple(sorted({"stock-analyzer.environment": s.environment, "stock-analyzer.role": "service",
                          "stock-analyzer.service": service, "stock-analyzer.stack": s.stack,
-                         **SWARM_EXCEPTIONS}.items()))
+                         **SWARM_EXCEPTIONS, **(exceptions or {})}.items()))
 
 
 def etcd_services(s: StackSettings, sw: SwarmSettings) -> list[ServiceSpec]:
@@ -435,8 +436,8 @@ def etcd_services(s: StackSettings, sw: SwarmSettings) -> list[ServiceSpec]:
             # Swarm's DNS lists a task only once healthy, while the members find each other by DNS.
             healthcheck=None,
             cap_add=(), read_only=True, stop_signal=None, stop_grace_s=STOP_GRACE_S,
-            labels=tuple(sorted({**dict(_service_labels(s, name)), **ETCD_EXCEPTIONS}.items())), global_mode=False,
-            replicas=1, endpoint_mode="dnsrr", constraints=(sw.member_constraint(k),), memory_limit_mb=ETCD_MEMORY_MB,
+            labels=_service_labels(s, name, ETCD_EXCEPTIONS), global_mode=False, replicas=1, endpoint_mode="dnsrr",
+            constraints=(sw.member_constraint(k),), memory_limit_mb=ETCD_MEMORY_MB,
             memory_reservation_mb=ETCD_MEMORY_MB // 2, pids_limit=256, restart=RestartPolicy("any", 2),
             update=UpdatePolicy("stop-first", "rollback"),
         ))
