@@ -10,13 +10,16 @@ import runpy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pulumi
 import pulumi.runtime
 import yaml
 from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockMonitor
+
+if TYPE_CHECKING:
+    from model.settings import StackSettings
 
 PROJECT = "stock-analyzer"
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,6 +159,14 @@ def _capture_stack_outputs(recording: Recording) -> pulumi.Output[None]:
         return True
 
     return pulumi.Output(set(), asyncio.ensure_future(capture()), true())
+
+
+def settings_of(stack: str, config: Mapping[str, str]) -> StackSettings:
+    """The StackSettings that `config` (keys as `committed_config` gives them) loads for `stack`."""
+    from model.settings import load_settings
+
+    prefix = f"{PROJECT}:"
+    return load_settings({k[len(prefix):]: v for k, v in config.items() if k.startswith(prefix)}, stack)
 
 
 def committed_config(stack: str) -> dict[str, str]:

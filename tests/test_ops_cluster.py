@@ -10,17 +10,16 @@ from typing import Any
 import docker.errors
 import pytest
 
-from model.settings import StackSettings, load_settings
+from model.settings import StackSettings
 from ops.cluster import ClusterOps
 from ops.engine import OpsError
-from tests.pulumi_mocks import committed_config
+from tests.pulumi_mocks import committed_config, settings_of
 
 PREFIX = "stock-analyzer:"
 
 
 def _settings() -> StackSettings:
-    cfg = {k[len(PREFIX):]: v for k, v in committed_config("swarm").items() if k.startswith(PREFIX)}
-    return load_settings({**cfg, "postgresMembers": "3"}, "swarm")
+    return settings_of("swarm", {**committed_config("swarm"), f"{PREFIX}postgresMembers": "3"})
 
 
 # Names of Swarm secret objects the fake services mount (references to secrets, not secret values).

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from exporters import compose
-from model.settings import StackSettings, load_settings
+from model.settings import StackSettings
 from model.swarm import DeployedApp
 from ops.swarm_state import deployed_app as read_deployed_app
 from tests.docker.pulumi_swarm_apply import SwarmApplied, apply, update
@@ -37,7 +37,7 @@ from tests.docker.swarm_support import (
     task_images,
     wait_until,
 )
-from tests.pulumi_mocks import Recording, committed_config, plain, run_program
+from tests.pulumi_mocks import Recording, committed_config, plain, run_program, settings_of
 
 pytestmark = pytest.mark.docker
 
@@ -49,7 +49,7 @@ PREFIX = "stock-analyzer:"
 
 @pytest.fixture(scope="module")
 def settings() -> StackSettings:
-    return load_settings({k[len(PREFIX):]: v for k, v in _config().items() if k.startswith(PREFIX)}, STACK)
+    return settings_of(STACK, _config())
 
 
 @pytest.fixture(scope="module")

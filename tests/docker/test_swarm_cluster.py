@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from exporters import compose
-from model.settings import StackSettings, load_settings
+from model.settings import StackSettings
 from model.swarm import MEMBERS, DeployedApp
 from ops.cluster import SYNC_ROLES
 from ops.swarm_state import deployed_app as read_deployed_app
@@ -37,7 +37,7 @@ from tests.docker.swarm_support import (
     swarm_settled,
     wait_until,
 )
-from tests.pulumi_mocks import ROOT, Recording, committed_config, run_program
+from tests.pulumi_mocks import ROOT, Recording, committed_config, run_program, settings_of
 
 pytestmark = pytest.mark.docker
 
@@ -55,7 +55,7 @@ def _config(**overrides: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def settings() -> StackSettings:
-    return load_settings({k[len(PREFIX):]: v for k, v in _config().items() if k.startswith(PREFIX)}, STACK)
+    return settings_of(STACK, _config())
 
 
 def _build_patroni(s: StackSettings, tag: str, revision: str) -> None:
